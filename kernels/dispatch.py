@@ -1,0 +1,107 @@
+"""Choose, per op, between the torch reference and the Triton fast path.
+
+Backends: ``auto`` takes Triton when it is installed and the inputs are eligible (CUDA tensors
+of a supported dtype/shape), else the reference; on CPU ``auto`` always means the reference.
+``triton`` on CPU tensors runs only under ``TRITON_INTERPRET=1`` (set before triton is imported),
+which is how the CPU tests run the Triton code itself. ``torch`` always takes the reference. ``triton``
+takes Triton or raises a clear error saying why it cannot run: never a silent fallback.
+The backend comes from the call (``backend=``), else from ``set_backend`` / ``backend_scope``
+(which the model sets from ``ModelConfig.kernels``), else ``auto``.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+
+from .reference import attention_reference, contrastive_loss_reference
+
+_VALID = ("auto", "torch", "triton")
+_backends = {"attention": "auto", "contrastive": "auto"}
+
+
+class KernelUnavailableError(RuntimeError):
+    """Asked for the Triton path where it cannot run."""
+
+
+def triton_available() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def interpret_mode() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def set_backend(op: str | None = None, backend: str = "auto", **per_op: str) -> None:
+    """``set_backend("attention", "triton")`` or ``set_backend(attention="torch", contrastive="auto")``."""
+    updates = dict(per_op)
+    if op is not None:
+        updates[op] = backend
+    for name, value in updates.items():
+        if name not in _backends:
+            raise ValueError(f"unknown kernel op {name!r}; known: {sorted(_backends)}")
+        if value not in _VALID:
+            raise ValueError(f"kernels.{name}: backend must be one of {_VALID}, got {value!r}")
+        _backends[name] = value
+
+
+def get_backend(op: str) -> str:
+    return _backends[op]
+
+
+@contextlib.contextmanager
+def backend_scope(**per_op: str):
+    """Temporarily select backends: ``with backend_scope(attention="triton"): ...``."""
+    saved = dict(_backends)
+    set_backend(**per_op)
+    try:
+        yield
+    finally:
+        _backends.clear()
+        _backends.update(saved)
+
+
+def _resolve(op: str, backend: str | None, why_not) -> bool:
+    """True -> take Triton. ``why_not(allow_interpret)`` returns None when eligible, else the
+    reason; CPU tensors are eligible only when Triton is asked for explicitly and interpreting."""
+    choice = backend or _backends[op]
+    if choice not in _VALID:
+        raise ValueError(f"kernels.{op}: backend must be one of {_VALID}, got {choice!r}")
+    if choice == "torch":
+        return False
+    reason = "triton is not installed" if not triton_available() else why_not(choice == "triton" and interpret_mode())
+    if reason is None:
+        return True
+    if choice == "triton":
+        raise KernelUnavailableError(f"kernels.{op}=triton cannot run here: {reason}")
+    return False
+
+
+def attention(q, k, v, mask=None, *, dropout_p: float = 0.0, scale: float | None = None, backend: str | None = None):
+    """Scaled dot-product attention; see ``reference.attention_reference`` for the contract."""
+    def why_not(allow_interpret: bool):
+        try:
+            from . import attention_triton
+        except ImportError as e:  # the Triton module is not there yet / failed to import
+            return f"the Triton attention module could not be imported ({e})"
+        return attention_triton.ineligible_reason(q, k, v, mask, dropout_p, allow_interpret=allow_interpret)
+
+    if _resolve("attention", backend, why_not):
+        from .attention_triton import triton_attention
+        return triton_attention(q, k, v, mask, scale=scale)
+    return attention_reference(q, k, v, mask, dropout_p=dropout_p, scale=scale)
+
+
+def contrastive_loss(image_feat, text_feat, temp, image_ids=None, *, backend: str | None = None):
+    """Symmetric ITC loss; see ``reference.contrastive_loss_reference`` for the contract."""
+    def why_not(allow_interpret: bool):
+        try:
+            from . import contrastive_triton
+        except ImportError as e:
+            return f"the Triton contrastive module could not be imported ({e})"
+        return contrastive_triton.ineligible_reason(image_feat, text_feat, temp, image_ids, allow_interpret=allow_interpret)
+
+    if _resolve("contrastive", backend, why_not):
+        from .contrastive_triton import triton_contrastive_loss
+        return triton_contrastive_loss(image_feat, text_feat, temp, image_ids)
+    return contrastive_loss_reference(image_feat, text_feat, temp, image_ids)

@@ -1,0 +1,37 @@
+"""Pure-PyTorch references of the fused ops: the spec every fast path must match."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def attention_reference(q, k, v, mask=None, *, dropout_p: float = 0.0, scale: float | None = None):
+    """softmax(q k^T * scale + mask) v.
+
+    q: (B, H, Lq, D); k, v: (B, H, Lk, D); mask: additive float tensor broadcastable to
+    (B, H, Lq, Lk) (key padding is (B, 1, 1, Lk) holding 0 or a large negative; BEiT's relative
+    position bias is (1, H, L, L)), or None. Returns (B, H, Lq, D) in q's dtype.
+    """
+    if mask is not None and mask.dtype != q.dtype:
+        mask = mask.to(q.dtype)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale)
+
+
+def contrastive_loss_reference(image_feat, text_feat, temp, image_ids=None):
+    """Symmetric InfoNCE of ITC over already-gathered, L2-normalised features.
+
+    image_feat, text_feat: (N, d); temp: scalar tensor (already clamped); image_ids: (N,) long or
+    None. Row i of both is a positive pair; with ``image_ids`` every pair sharing an image id is a
+    positive and the target is uniform over positives (soft targets). Returns
+    (loss_i2t + loss_t2i) / 2, each the mean over rows. Materialises the N x N logits.
+    """
+    logits = image_feat @ text_feat.t() / temp
+    if image_ids is None:
+        labels = torch.arange(logits.shape[0], device=logits.device)
+        return (F.cross_entropy(logits.float(), labels) + F.cross_entropy(logits.t().float(), labels)) / 2
+    ids = image_ids.view(-1, 1)
+    pos = (ids == ids.t()).float()
+    targets = pos / pos.sum(1, keepdim=True)
+    loss_i2t = -(F.log_softmax(logits.float(), dim=1) * targets).sum(1).mean()
+    loss_t2i = -(F.log_softmax(logits.t().float(), dim=1) * targets).sum(1).mean()
+    return (loss_i2t + loss_t2i) / 2
