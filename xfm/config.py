@@ -121,8 +121,9 @@ def _build(cls: type[T], data: Mapping[str, Any], where: str) -> T:
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(fields))
     if unknown:
+        full = [f"{where}.{k}" if where else k for k in unknown]
         raise ConfigError(
-            f"{where}: unknown key(s) {unknown} for {cls.__name__}; valid keys: {sorted(fields)}"
+            f"unknown key(s) {', '.join(full)} for {cls.__name__}; valid keys: {sorted(fields)}"
         )
     kwargs = {}
     for name, f in fields.items():
