@@ -1,0 +1,141 @@
+"""Time the fused Triton ops against torch (and FlashAttention if installed) on a CUDA GPU.
+
+Attention, forward+backward, on the X-FM shapes (batch 96, 12 heads, head dim 64):
+  text self-attention 30x30 with key padding, image self-attention 197x197 with BEiT's relative
+  position bias (a parameter: its gradient is computed), cross-attention 30x197 with key padding;
+  against ``torch.nn.functional.scaled_dot_product_attention`` with the same mask, and against
+  ``flash_attn.flash_attn_func`` when installed (it takes no additive mask, so it runs unmasked:
+  a lower bound for what a masked call would cost).
+Contrastive loss, forward+backward, global batch N (d = 256), against the plain torch loss
+(``reference.contrastive_loss_reference``), with peak CUDA memory of each.
+
+Prints achieved TFLOP/s (attention: 4*B*H*Lq*Lk*D forward, 2.5x that backward; contrastive: the
+plain algorithm's 6*N^2*d) and the speed ratio of the fused op over each baseline.
+
+    python bench/kernels_gpu.py [--dtype bf16] [--itc-sizes 4096,16384,32768]
+
+Exits with a message (status 2) on a machine without CUDA.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16")
+    p.add_argument("--batch", type=int, default=96)
+    p.add_argument("--heads", type=int, default=12)
+    p.add_argument("--head-dim", type=int, default=64)
+    p.add_argument("--itc-sizes", default="4096,16384,32768")
+    p.add_argument("--itc-dim", type=int, default=256)
+    p.add_argument("--rep-ms", type=int, default=200, help="timing window per measurement (triton.testing.do_bench)")
+    args = p.parse_args(argv)
+
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        sys.exit("kernels_gpu.py: TRITON_INTERPRET=1 is set; unset it to time compiled kernels on a GPU")
+    import torch
+
+    if not torch.cuda.is_available():
+        print("kernels_gpu.py: no CUDA device on this machine (torch.cuda.is_available() is False); "
+              "nothing to time. Run it on a GPU node.", file=sys.stderr)
+        sys.exit(2)
+    import torch.nn.functional as F
+    from triton.testing import do_bench
+
+    import xfm.kernels as K
+
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
+    dev = torch.device("cuda")
+    print(f"device: {torch.cuda.get_device_name(dev)}  torch {torch.__version__}  dtype {args.dtype}")
+    try:
+        from flash_attn import flash_attn_func
+    except ImportError:
+        flash_attn_func = None
+        print("flash_attn not installed: comparing with SDPA only")
+
+    B, H, D = args.batch, args.heads, args.head_dim
+    cases = [("text self 30x30 + key padding", 30, 30, "pad"),
+             ("image self 197x197 + rel-pos bias (grad)", 197, 197, "bias"),
+             ("cross 30x197 + key padding", 30, 197, "pad")]
+    print(f"\nattention fwd+bwd, B={B} H={H} D={D}")
+    print(f"{'case':<42} {'impl':<12} {'ms':>8} {'TFLOP/s':>8} {'fused speed-up':>15}")
+    for name, Lq, Lk, kind in cases:
+        torch.manual_seed(0)
+        q = torch.randn(B, H, Lq, D, device=dev, dtype=dtype, requires_grad=True)
+        k = torch.randn(B, H, Lk, D, device=dev, dtype=dtype, requires_grad=True)
+        v = torch.randn(B, H, Lk, D, device=dev, dtype=dtype, requires_grad=True)
+        if kind == "pad":
+            keep = torch.randint(Lk // 2, Lk + 1, (B,), device=dev)
+            mask = torch.where(torch.arange(Lk, device=dev)[None, :] < keep[:, None], 0.0, -10000.0)
+            mask = mask.to(dtype).view(B, 1, 1, Lk)
+        else:
+            mask = (0.1 * torch.randn(1, H, Lq, Lk, device=dev, dtype=dtype)).requires_grad_()
+        dout = torch.randn(B, H, Lq, D, device=dev, dtype=dtype)
+        wrt = [q, k, v] + ([mask] if mask.requires_grad else [])
+
+        def step(fn):
+            def run():
+                out = fn()
+                torch.autograd.grad(out, wrt, dout)
+            return run
+
+        impls = {
+            "triton": step(lambda: K.attention(q, k, v, mask, backend="triton")),
+            "sdpa": step(lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask)),
+        }
+        if flash_attn_func is not None and dtype != torch.float32:
+            qt, kt, vt = (t.detach().transpose(1, 2).contiguous().requires_grad_() for t in (q, k, v))
+            dt = dout.transpose(1, 2).contiguous()
+
+            def fa():
+                out = flash_attn_func(qt, kt, vt)
+                torch.autograd.grad(out, [qt, kt, vt], dt)
+            impls["flash_attn*"] = fa
+        # correctness on this shape before timing
+        ref = F.scaled_dot_product_attention(q, k, v, attn_mask=mask).float()
+        got = K.attention(q, k, v, mask, backend="triton").float()
+        print(f"{name:<42} max |triton - sdpa| = {(got - ref).abs().max().item():.2e}")
+        flops = 4 * B * H * Lq * Lk * D * 3.5
+        times = {n: do_bench(f, rep=args.rep_ms) for n, f in impls.items()}
+        for n, ms in times.items():
+            ratio = "" if n == "triton" else f"{ms / times['triton']:>14.2f}x"
+            print(f"{'':<42} {n:<12} {ms:>8.3f} {flops / ms / 1e9:>8.1f} {ratio:>15}")
+    if flash_attn_func is not None:
+        print("* flash_attn_func takes no additive mask: timed unmasked")
+
+    print(f"\ncontrastive loss fwd+bwd, d={args.itc_dim}, features {args.dtype}")
+    print(f"{'N':>7} {'impl':<8} {'ms':>9} {'TFLOP/s':>8} {'peak GB':>8} {'fused speed-up':>15}")
+    for n in [int(s) for s in args.itc_sizes.split(",")]:
+        torch.manual_seed(0)
+        img = F.normalize(torch.randn(n, args.itc_dim, device=dev), dim=-1).to(dtype).requires_grad_()
+        txt = F.normalize(torch.randn(n, args.itc_dim, device=dev), dim=-1).to(dtype).requires_grad_()
+        temp = torch.tensor(0.07, device=dev, requires_grad=True)
+        ids = torch.randint(0, n // 3, (n,), device=dev)
+        flops = 6 * n * n * args.itc_dim
+        res = {}
+        for impl, backend in (("triton", "triton"), ("plain", "torch")):
+            def run():
+                loss = K.contrastive_loss(img, txt, temp, ids, backend=backend)
+                torch.autograd.grad(loss, [img, txt, temp])
+            try:
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats()
+                run()
+                peak = torch.cuda.max_memory_allocated() / 1024 ** 3
+                res[impl] = (do_bench(run, rep=args.rep_ms), peak)
+            except torch.OutOfMemoryError:
+                res[impl] = None
+        for impl, r in res.items():
+            if r is None:
+                print(f"{n:>7} {impl:<8} {'out of memory':>9}")
+                continue
+            ms, peak = r
+            ratio = f"{ms / res['triton'][0]:>14.2f}x" if impl != "triton" and res.get("triton") else ""
+            print(f"{n:>7} {impl:<8} {ms:>9.3f} {flops / ms / 1e9:>8.1f} {peak:>8.2f} {ratio:>15}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,173 @@
+"""Image bytes in, shard-ready JPEG bytes out.
+
+Every image is decoded fully (a truncated file fails here, not in training). EXIF orientation is
+applied; CMYK, palette, grayscale, 16-bit and alpha images become RGB (alpha composited on white);
+``resize`` shrinks the shorter side to N (never enlarges) and re-encodes with ``quality``.
+A valid baseline/progressive RGB JPEG with normal orientation that needs no resize keeps its
+original bytes (pass-through): no generation loss and no encode cost.
+"""
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps
+
+ORIENTATION_TAG = 0x0112
+
+
+class ImageError(Exception):
+    """Bad image; ``reason`` is the token counted in stats.json."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason = reason
+
+
+@dataclass
+class PreparedImage:
+    data: bytes              # JPEG bytes to store
+    width: int               # size of the stored image
+    height: int
+    raw_width: int           # size of the pixel array in the file (before EXIF orientation)
+    raw_height: int
+    orientation: int         # EXIF orientation that was applied (1 = none)
+    passthrough: bool
+
+    def map_box(self, box, frame: str = "raw"):
+        """[x, y, w, h] in the input frame -> the stored image's pixels (float).
+
+        ``frame="raw"``: the box refers to the pixel array as stored in the file (how COCO/VG style
+        annotation tools saw it); it is rotated/flipped with the EXIF orientation, then scaled.
+        ``frame="oriented"``: the box already refers to the upright image; only scaled."""
+        x, y, w, h = (float(v) for v in box)
+        if frame == "raw" and self.orientation != 1:
+            x, y, w, h = _orient_box(x, y, w, h, self.raw_width, self.raw_height, self.orientation)
+        ow, oh = self.oriented_size
+        sx, sy = self.width / ow, self.height / oh
+        return [x * sx, y * sy, w * sx, h * sy]
+
+    @property
+    def oriented_size(self):
+        if self.orientation in (5, 6, 7, 8):
+            return self.raw_height, self.raw_width
+        return self.raw_width, self.raw_height
+
+
+def _orient_box(x, y, w, h, W, H, orientation):
+    """Apply the EXIF orientation transform (as ImageOps.exif_transpose does to pixels) to a box.
+    Works on the box corners: x0,x1 in [0,W], y0,y1 in [0,H]."""
+    x0, x1, y0, y1 = x, x + w, y, y + h
+    if orientation == 2:      # mirror horizontal
+        x0, x1 = W - x1, W - x0
+    elif orientation == 3:    # rotate 180
+        x0, x1, y0, y1 = W - x1, W - x0, H - y1, H - y0
+    elif orientation == 4:    # mirror vertical
+        y0, y1 = H - y1, H - y0
+    elif orientation == 5:    # transpose (x,y) -> (y,x)
+        x0, x1, y0, y1 = y0, y1, x0, x1
+    elif orientation == 6:    # rotate 90 CW: (x,y) -> (H-y, x)
+        x0, x1, y0, y1 = H - y1, H - y0, x0, x1
+    elif orientation == 7:    # transverse: (x,y) -> (H-y, W-x)
+        x0, x1, y0, y1 = H - y1, H - y0, W - x1, W - x0
+    elif orientation == 8:    # rotate 90 CCW: (x,y) -> (y, W-x)
+        x0, x1, y0, y1 = y0, y1, W - x1, W - x0
+    return x0, y0, x1 - x0, y1 - y0
+
+
+def _orientation(img: Image.Image) -> int:
+    try:
+        value = img.getexif().get(ORIENTATION_TAG, 1)
+        value = int(value)
+    except Exception:     # corrupt EXIF block: treat as no orientation, the pixels still decode
+        return 1
+    return value if 1 <= value <= 8 else 1
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL mode -> 8-bit RGB. 16-bit/32-bit integer data is scaled, not clipped (a plain
+    convert would turn every value above 255 white); alpha is composited on white."""
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(img)
+        if mode == "F":
+            arr = np.clip(arr, 0, 255)
+        elif arr.max(initial=0) > 255:      # 16-bit range (PNG 16-bit grey opens as I;16 or I)
+            arr = np.clip(arr.astype(np.float64) / 257.0, 0, 255)
+        return Image.fromarray(np.rint(arr).astype(np.uint8), "L").convert("RGB")
+    if mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+        mode = "RGBA"
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def _open(data: bytes) -> Image.Image:
+    if not data:
+        raise ImageError("empty_file", "image file is empty (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            img.size  # noqa: B018  (header parsed)
+        return img
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageError("image_too_large", str(e)) from None
+    except Exception as e:
+        raise ImageError("undecodable_image", f"{type(e).__name__}: {e}") from None
+
+
+def _load(img: Image.Image):
+    try:
+        img.load()
+    except Exception as e:   # truncated data, corrupt entropy-coded segment, bad PNG CRC...
+        raise ImageError("undecodable_image", f"{type(e).__name__}: {e}") from None
+
+
+def target_size(width: int, height: int, shorter: int | None):
+    """Shorter side -> ``shorter`` keeping the aspect ratio; None when no shrink is needed."""
+    if not shorter or min(width, height) <= shorter:
+        return None
+    if width <= height:
+        return shorter, max(1, round(height * shorter / width))
+    return max(1, round(width * shorter / height)), shorter
+
+
+def prepare_image(data: bytes, resize: int | None = None, quality: int = 90) -> PreparedImage:
+    img = _open(data)
+    raw_w, raw_h = img.size
+    orientation = _orientation(img)
+    upright = (raw_h, raw_w) if orientation in (5, 6, 7, 8) else (raw_w, raw_h)
+    new_size = target_size(*upright, resize)
+    is_plain_jpeg = img.format == "JPEG" and img.mode == "RGB" and orientation == 1
+    if is_plain_jpeg and new_size is None:
+        # Validate by decoding at 1/8 scale: libjpeg still reads every entropy-coded byte, so
+        # truncation is caught, at a fraction of the cost of a full decode.
+        img.draft("RGB", (max(1, raw_w // 8), max(1, raw_h // 8)))
+        _load(img)
+        return PreparedImage(data, raw_w, raw_h, raw_w, raw_h, 1, True)
+    if new_size is not None and img.format == "JPEG":
+        # DCT-domain downscale while decoding (never below the target size): much faster.
+        want = new_size if orientation not in (5, 6, 7, 8) else new_size[::-1]
+        img.draft(img.mode if img.mode in ("RGB", "L") else None, want)
+    _load(img)
+    try:
+        if orientation != 1:
+            img = ImageOps.exif_transpose(img)
+        img = _to_rgb(img)
+        if new_size is not None and img.size != new_size:
+            img = img.resize(new_size, Image.Resampling.BICUBIC)
+        out = io.BytesIO()
+        img.save(out, "JPEG", quality=quality)
+    except ImageError:
+        raise
+    except Exception as e:
+        raise ImageError("undecodable_image", f"{type(e).__name__}: {e}") from None
+    return PreparedImage(out.getvalue(), img.width, img.height, raw_w, raw_h, orientation, False)

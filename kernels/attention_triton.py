@@ -1,0 +1,333 @@
+"""Fused scaled-dot-product attention in Triton (FlashAttention-2 style), forward and backward.
+
+softmax(q k^T * scale + mask) v for q (B, H, Lq, D), k/v (B, H, Lk, D): self- and cross-attention,
+any lengths, head dims up to 128 (32/64/128 in the model), fp16/bf16/fp32 (fp32 accumulation) and
+fp64 (interpreter only). The forward streams key tiles through an online softmax and saves only the
+output and the per-row log-sum-exp; the backward recomputes the probabilities tile by tile from the
+log-sum-exp (one kernel for dK/dV, one for dQ, so no atomics and deterministic results).
+
+The additive mask is anything broadcastable to (B, H, Lq, Lk): key padding (B, 1, 1, Lk), box-
+restricted keys, BEiT's relative position bias (1, H, L, L), or their sum. It is read through
+broadcast (zero) strides, never expanded in memory. When the mask requires grad (the relative
+position bias is a parameter), its gradient is produced: dS, the gradient of the pre-softmax
+scores, is written in fp32 at (B, H, Lq, Lk) and summed over the broadcast dimensions. That buffer
+is O(B*H*Lq*Lk), like the reference's attention matrix, and is only allocated when the mask needs
+a gradient. Attention dropout is not implemented: ``dropout_p > 0`` is ineligible (the dispatcher
+takes the reference under ``auto`` and raises under ``triton``).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from .triton_common import (
+    INTERPRETED,
+    acc_dtype,
+    device_reason,
+    dtype_reason,
+    mm,
+    pick_block,
+    upcast_dot,
+)
+
+MAX_HEAD_DIM = 128
+
+
+@triton.jit
+def _attn_fwd(
+    Q, K, V, M, O, LSE,
+    sqb, sqh, sqm, sqd,
+    skb, skh, skn, skd,
+    svb, svh, svn, svd,
+    smb, smh, smm, smn,
+    sob, soh, som, sod,
+    H, Lq, Lk, D, scale,
+    HAS_MASK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    ACC: tl.constexpr, UPCAST: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    row_ok = offs_m < Lq
+    d_ok = offs_d < D
+
+    q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sqm + offs_d[None, :] * sqd,
+                mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+    m_i = tl.full((BLOCK_M,), float("-inf"), dtype=ACC)
+    l_i = tl.zeros((BLOCK_M,), dtype=ACC)
+    acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=ACC)
+
+    for start_n in range(0, Lk, BLOCK_N):
+        cols = start_n + offs_n
+        col_ok = cols < Lk
+        kt = tl.load(K + b * skb + h * skh + cols[None, :] * skn + offs_d[:, None] * skd,
+                     mask=col_ok[None, :] & d_ok[:, None], other=0.0)
+        s = mm(q, kt, ACC, UPCAST) * scale
+        if HAS_MASK:
+            s += tl.load(M + b * smb + h * smh + offs_m[:, None] * smm + cols[None, :] * smn,
+                         mask=row_ok[:, None] & col_ok[None, :], other=0.0).to(ACC)
+        s = tl.where(col_ok[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        # A row whose keys so far are all -inf keeps m = -inf; shift by 0 then to avoid inf - inf.
+        m_shift = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp(m_i - m_shift)
+        p = tl.exp(s - m_shift[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = tl.load(V + b * svb + h * svh + cols[:, None] * svn + offs_d[None, :] * svd,
+                    mask=col_ok[:, None] & d_ok[None, :], other=0.0)
+        acc = acc * alpha[:, None] + mm(p.to(v.dtype), v, ACC, UPCAST)
+        m_i = m_new
+
+    # A fully masked row (every key -inf) gets output 0 and lse +inf, so its gradients are 0.
+    empty = l_i == 0.0
+    out = acc / tl.where(empty, 1.0, l_i)[:, None]
+    m_fin = tl.where(m_i == float("-inf"), 0.0, m_i)
+    lse = tl.where(empty, float("inf"), m_fin + tl.log(tl.where(empty, 1.0, l_i)))
+    tl.store(O + b * sob + h * soh + offs_m[:, None] * som + offs_d[None, :] * sod,
+             out.to(O.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
+    tl.store(LSE + pid_bh * Lq + offs_m, lse, mask=row_ok)
+
+
+@triton.jit
+def _attn_bwd_dkdv(
+    Q, K, V, M, DO, LSE, DELTA, DK, DV,
+    sqb, sqh, sqm, sqd,
+    skb, skh, skn, skd,
+    svb, svh, svn, svd,
+    smb, smh, smm, smn,
+    sdob, sdoh, sdom, sdod,
+    H, Lq, Lk, D, scale,
+    HAS_MASK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    ACC: tl.constexpr, UPCAST: tl.constexpr,
+):
+    """One program per key tile: loops over query tiles, accumulates dV = P^T dO, dK = dS^T Q."""
+    pid_n = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    col_ok = cols < Lk
+    d_ok = offs_d < D
+
+    k = tl.load(K + b * skb + h * skh + cols[:, None] * skn + offs_d[None, :] * skd,
+                mask=col_ok[:, None] & d_ok[None, :], other=0.0)
+    v = tl.load(V + b * svb + h * svh + cols[:, None] * svn + offs_d[None, :] * svd,
+                mask=col_ok[:, None] & d_ok[None, :], other=0.0)
+    kt = tl.trans(k)
+    vt = tl.trans(v)
+    dk = tl.zeros((BLOCK_N, BLOCK_D), dtype=ACC)
+    dv = tl.zeros((BLOCK_N, BLOCK_D), dtype=ACC)
+
+    for start_m in range(0, Lq, BLOCK_M):
+        rows = start_m + offs_m
+        row_ok = rows < Lq
+        q = tl.load(Q + b * sqb + h * sqh + rows[:, None] * sqm + offs_d[None, :] * sqd,
+                    mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+        do = tl.load(DO + b * sdob + h * sdoh + rows[:, None] * sdom + offs_d[None, :] * sdod,
+                     mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+        lse = tl.load(LSE + pid_bh * Lq + rows, mask=row_ok, other=float("inf"))
+        delta = tl.load(DELTA + pid_bh * Lq + rows, mask=row_ok, other=0.0)
+        s = mm(q, kt, ACC, UPCAST) * scale
+        if HAS_MASK:
+            s += tl.load(M + b * smb + h * smh + rows[:, None] * smm + cols[None, :] * smn,
+                         mask=row_ok[:, None] & col_ok[None, :], other=0.0).to(ACC)
+        p = tl.exp(s - lse[:, None])
+        p = tl.where(row_ok[:, None] & col_ok[None, :], p, 0.0)
+        dv += mm(tl.trans(p.to(do.dtype)), do, ACC, UPCAST)
+        dp = mm(do, vt, ACC, UPCAST)
+        ds = p * (dp - delta[:, None])
+        dk += mm(tl.trans(ds.to(q.dtype)), q, ACC, UPCAST)
+
+    dk = dk * scale
+    # DK/DV are contiguous (B, H, Lk, D) buffers allocated by the wrapper.
+    base = pid_bh * Lk * D
+    tl.store(DK + base + cols[:, None] * D + offs_d[None, :], dk.to(DK.dtype.element_ty),
+             mask=col_ok[:, None] & d_ok[None, :])
+    tl.store(DV + base + cols[:, None] * D + offs_d[None, :], dv.to(DV.dtype.element_ty),
+             mask=col_ok[:, None] & d_ok[None, :])
+
+
+@triton.jit
+def _attn_bwd_dq(
+    Q, K, V, M, DO, LSE, DELTA, DQ, DS,
+    sqb, sqh, sqm, sqd,
+    skb, skh, skn, skd,
+    svb, svh, svn, svd,
+    smb, smh, smm, smn,
+    sdob, sdoh, sdom, sdod,
+    H, Lq, Lk, D, scale,
+    HAS_MASK: tl.constexpr, STORE_DS: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    ACC: tl.constexpr, UPCAST: tl.constexpr,
+):
+    """One program per query tile: loops over key tiles, accumulates dQ = dS K (and, when the
+    mask needs a gradient, writes dS itself, which is that gradient before broadcast reduction)."""
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    row_ok = rows < Lq
+    d_ok = offs_d < D
+
+    q = tl.load(Q + b * sqb + h * sqh + rows[:, None] * sqm + offs_d[None, :] * sqd,
+                mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+    do = tl.load(DO + b * sdob + h * sdoh + rows[:, None] * sdom + offs_d[None, :] * sdod,
+                 mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+    lse = tl.load(LSE + pid_bh * Lq + rows, mask=row_ok, other=float("inf"))
+    delta = tl.load(DELTA + pid_bh * Lq + rows, mask=row_ok, other=0.0)
+    dq = tl.zeros((BLOCK_M, BLOCK_D), dtype=ACC)
+
+    for start_n in range(0, Lk, BLOCK_N):
+        cols = start_n + offs_n
+        col_ok = cols < Lk
+        kt = tl.load(K + b * skb + h * skh + cols[None, :] * skn + offs_d[:, None] * skd,
+                     mask=col_ok[None, :] & d_ok[:, None], other=0.0)
+        vt = tl.load(V + b * svb + h * svh + cols[None, :] * svn + offs_d[:, None] * svd,
+                     mask=col_ok[None, :] & d_ok[:, None], other=0.0)
+        s = mm(q, kt, ACC, UPCAST) * scale
+        if HAS_MASK:
+            s += tl.load(M + b * smb + h * smh + rows[:, None] * smm + cols[None, :] * smn,
+                         mask=row_ok[:, None] & col_ok[None, :], other=0.0).to(ACC)
+        p = tl.exp(s - lse[:, None])
+        p = tl.where(row_ok[:, None] & col_ok[None, :], p, 0.0)
+        dp = mm(do, vt, ACC, UPCAST)
+        ds = p * (dp - delta[:, None])
+        if STORE_DS:
+            tl.store(DS + pid_bh * Lq * Lk + rows[:, None] * Lk + cols[None, :], ds,
+                     mask=row_ok[:, None] & col_ok[None, :])
+        dq += mm(ds.to(kt.dtype), tl.trans(kt), ACC, UPCAST)
+
+    dq = dq * scale
+    tl.store(DQ + pid_bh * Lq * D + rows[:, None] * D + offs_d[None, :], dq.to(DQ.dtype.element_ty),
+             mask=row_ok[:, None] & d_ok[None, :])
+
+
+def _blocks(q: torch.Tensor, Lq: int, Lk: int, D: int):
+    block_d = max(16, triton.next_power_of_2(D))
+    cap = 32 if q.dtype == torch.float64 or block_d > 64 and q.dtype == torch.float32 else 64
+    return pick_block(Lq, cap), pick_block(Lk, cap), block_d
+
+
+def _mask_strides(mask, shape):
+    if mask is None:
+        return (0, 0, 0, 0)
+    return mask.expand(shape).stride()
+
+
+class _TritonAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, mask, scale):
+        B, H, Lq, D = q.shape
+        Lk = k.shape[2]
+        block_m, block_n, block_d = _blocks(q, Lq, Lk, D)
+        out = torch.empty((B, H, Lq, D), device=q.device, dtype=q.dtype)
+        acc_t = torch.float64 if q.dtype == torch.float64 else torch.float32
+        lse = torch.empty((B * H, Lq), device=q.device, dtype=acc_t)
+        m_arg = mask if mask is not None else q  # any pointer; never read without HAS_MASK
+        grid = (triton.cdiv(Lq, block_m), B * H)
+        _attn_fwd[grid](
+            q, k, v, m_arg, out, lse,
+            *q.stride(), *k.stride(), *v.stride(), *_mask_strides(mask, (B, H, Lq, Lk)), *out.stride(),
+            H, Lq, Lk, D, scale,
+            HAS_MASK=mask is not None, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
+            ACC=acc_dtype(q.dtype), UPCAST=upcast_dot(q.dtype), num_warps=4,
+        )
+        ctx.save_for_backward(q, k, v, mask, out, lse)
+        ctx.scale = scale
+        ctx.blocks = (block_m, block_n, block_d)
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        q, k, v, mask, out, lse = ctx.saved_tensors
+        scale = ctx.scale
+        block_m, block_n, block_d = ctx.blocks
+        B, H, Lq, D = q.shape
+        Lk = k.shape[2]
+        acc_t = lse.dtype
+        # delta_i = sum_d dO_id O_id, the row term of the softmax backward.
+        delta = (dout.to(acc_t) * out.to(acc_t)).sum(-1).reshape(B * H, Lq).contiguous()
+        dq = torch.empty((B, H, Lq, D), device=q.device, dtype=q.dtype)
+        dk = torch.empty((B, H, Lk, D), device=q.device, dtype=k.dtype)
+        dv = torch.empty((B, H, Lk, D), device=q.device, dtype=v.dtype)
+        mask_grad = mask is not None and ctx.needs_input_grad[3]
+        ds = torch.empty((B, H, Lq, Lk), device=q.device, dtype=acc_t) if mask_grad else lse
+        m_arg = mask if mask is not None else q
+        common = (
+            *q.stride(), *k.stride(), *v.stride(), *_mask_strides(mask, (B, H, Lq, Lk)), *dout.stride(),
+            H, Lq, Lk, D, scale,
+        )
+        meta = dict(HAS_MASK=mask is not None, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
+                    ACC=acc_dtype(q.dtype), UPCAST=upcast_dot(q.dtype), num_warps=4)
+        _attn_bwd_dkdv[(triton.cdiv(Lk, block_n), B * H)](q, k, v, m_arg, dout, lse, delta, dk, dv, *common, **meta)
+        _attn_bwd_dq[(triton.cdiv(Lq, block_m), B * H)](q, k, v, m_arg, dout, lse, delta, dq, ds, *common,
+                                                       STORE_DS=mask_grad, **meta)
+        dmask = ds.sum_to_size(mask.shape).to(mask.dtype) if mask_grad else None
+        return dq, dk, dv, dmask, None
+
+
+def triton_attention(q, k, v, mask=None, scale=None):
+    """Fused softmax(q k^T * scale + mask) v; same contract as ``reference.attention_reference``
+    (without dropout). Call ``ineligible_reason`` first (the dispatcher does)."""
+    reason = ineligible_reason(q, k, v, mask, 0.0, allow_interpret=True)
+    if reason is not None:
+        raise ValueError(f"triton_attention: {reason}")
+    if scale is None:
+        scale = 1.0 / math.sqrt(q.shape[-1])
+    if mask is not None:
+        # Same rounding as the reference (the mask is cast to the inputs' dtype), and 4-D so one
+        # stride set covers every broadcast layout; both steps are differentiable views/casts.
+        if mask.dtype != q.dtype:
+            mask = mask.to(q.dtype)
+        if mask.dim() < 4:
+            mask = mask.reshape((1,) * (4 - mask.dim()) + tuple(mask.shape))
+    return _TritonAttention.apply(q, k, v, mask, float(scale))
+
+
+def ineligible_reason(q, k, v, mask, dropout_p, allow_interpret: bool) -> str | None:
+    """None when the fused kernel can compute this call, else a sentence saying why not."""
+    if dropout_p and dropout_p > 0:
+        return f"attention dropout (dropout_p={dropout_p}) is not implemented in the fused kernel"
+    tensors = [q, k, v] + ([mask] if mask is not None else [])
+    if not all(isinstance(t, torch.Tensor) for t in tensors):
+        return "q, k, v (and mask) must be torch tensors"
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        return f"q, k, v must be 4-D (B, H, L, D), got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+    B, H, Lq, D = q.shape
+    if k.shape[:2] != (B, H) or k.shape != v.shape or k.shape[3] != D:
+        return (f"shapes do not match: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)} "
+                "(need k, v = (B, H, Lk, D) with q's B, H, D)")
+    if min(B, H, Lq, k.shape[2], D) == 0:
+        return "empty inputs"
+    if D > MAX_HEAD_DIM:
+        return f"head dim {D} > {MAX_HEAD_DIM} is not supported"
+    reason = device_reason(tensors, allow_interpret) or dtype_reason([q, k, v], ["q", "k", "v"])
+    if reason:
+        return reason
+    if mask is not None:
+        if not mask.is_floating_point():
+            return f"mask must be an additive float tensor, got {mask.dtype}"
+        if mask.dim() > 4:
+            return f"mask has {mask.dim()} dims; it must broadcast to (B, H, Lq, Lk)"
+        try:
+            torch.broadcast_shapes(tuple(mask.shape), (B, H, Lq, k.shape[2]))
+        except RuntimeError:
+            return f"mask shape {tuple(mask.shape)} does not broadcast to {(B, H, Lq, k.shape[2])}"
+        if torch.broadcast_shapes(tuple(mask.shape), (B, H, Lq, k.shape[2])) != (B, H, Lq, k.shape[2]):
+            return f"mask shape {tuple(mask.shape)} would enlarge the output beyond {(B, H, Lq, k.shape[2])}"
+    return None
+
+
+__all__ = ["triton_attention", "ineligible_reason", "INTERPRETED"]

@@ -1,0 +1,68 @@
+"""``xfm-pretrain --config configs/pretrain/<name>.yaml [--set k=v ...]``.
+
+Runs unchanged under ``deepspeed`` (which adds ``--local_rank``), ``torchrun``, SLURM ``srun``
+(rank/world/master from SLURM variables) and plain ``python`` (one process). Short flags are
+sugar for ``--set``: ``--steps N``, ``--out RUN_DIR``, ``--seed S``, ``--deterministic``;
+``--resume`` continues from RUN_DIR's latest checkpoint.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="xfm-pretrain", description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", required=True, help="pretraining YAML (configs/pretrain/*.yaml)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set optim.lr=2e-4 (repeatable)")
+    p.add_argument("--steps", type=int, help="total optimizer steps (= --set steps=N)")
+    p.add_argument("--out", help="run directory: resolved config, metrics, checkpoints")
+    p.add_argument("--resume", action="store_true", help="resume from RUN_DIR's latest checkpoint")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--deterministic", action="store_true",
+                   help="deterministic algorithms (bit-exact resume; slower on GPUs)")
+    p.add_argument("--local_rank", "--local-rank", type=int, default=None,
+                   help=argparse.SUPPRESS)  # added by the deepspeed launcher; LOCAL_RANK is used
+    return p
+
+
+def overrides_from_args(args) -> list[str]:
+    ov = list(args.overrides)
+    if args.steps is not None:
+        ov.append(f"steps={args.steps}")
+    if args.out is not None:
+        ov.append(f"out={args.out}")
+    if args.seed is not None:
+        ov.append(f"seed={args.seed}")
+    if args.deterministic:
+        ov.append("deterministic=true")
+    return ov
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.local_rank is not None:
+        os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
+    from xfm.config import ConfigError
+    from xfm.pretrain.config import load_pretrain_config
+
+    try:
+        cfg = load_pretrain_config(args.config, overrides_from_args(args))
+    except ConfigError as e:
+        print(f"xfm-pretrain: config error: {e}", file=sys.stderr)
+        return 2
+    from xfm.pretrain.trainer import train
+
+    summary = train(cfg, resume=args.resume)
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+    return 0 if summary else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,48 @@
+"""Every random choice of the loaders comes from a generator derived from integers.
+
+``derive_rng(seed, stream, rank, worker, purpose, index...)`` gives the same numbers on every run
+and in every process, so the stream a worker produces is a pure function of (seed, stream,
+rank, worker) and a position; that is what makes exact resume possible. Libraries that draw
+from the global RNGs (timm's RandAugment uses ``random`` and ``numpy.random``, torchvision's
+crop sampler uses torch's) run inside ``global_rngs_seeded``, which seeds them per sample and
+restores them afterwards (the main process's RNGs must not move when ``num_workers=0``).
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import random
+
+import numpy as np
+import torch
+
+# purposes: separate sequences for separate decisions
+SHARD_ORDER, SOURCE_MIX, BLOCK_SHUFFLE, SAMPLE = 1, 2, 3, 4
+
+
+def derive_rng(*key: int) -> np.random.Generator:
+    if any(k < 0 for k in key):
+        raise ValueError(f"seed key parts must be >= 0, got {key}")
+    return np.random.default_rng(np.random.SeedSequence([int(k) for k in key]))
+
+
+@contextlib.contextmanager
+def global_rngs_seeded(rng: np.random.Generator):
+    """Seed ``random``, ``numpy.random`` and torch's CPU RNG from ``rng``; restore them after."""
+    seed = int(rng.integers(0, 2**31 - 1))
+    py_state = random.getstate()
+    np_state = np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        random.seed(seed)
+        np.random.seed(seed)
+        try:
+            yield
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
+
+
+def stable_id(text: str) -> int:
+    """A 63-bit integer id for a string, the same in every process and run (not ``hash``)."""
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little") >> 1

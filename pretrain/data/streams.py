@@ -1,0 +1,237 @@
+"""The loaders the engine holds: ``StreamSet`` of one ``Stream`` per configured stream.
+
+``next(streams["pairs"])`` -> a batch dict (INTERFACES.md "Batches"). Each ``Stream`` wraps a
+``DataLoader`` over its ``StreamDataset``; batches are re-ordered into a fixed round robin over the
+loader workers (0, 1, ..., K-1, 0, ...), continued across a resume from the recorded next worker,
+so the sequence of batches is a pure function of (seed, rank, world size, workers, config).
+``state_dict()`` holds every worker's position after the last batch handed out; a new set that
+loads it yields the same batches an uninterrupted one would. Counters (samples, tokens, batches,
+bad samples by reason, bad shards, time spent waiting for data) are exact for consumed batches.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import torch
+from torch.utils.data import DataLoader
+
+from .config import STREAM_NAMES, DataConfig
+from .dataset import StreamDataset
+
+log = logging.getLogger(__name__)
+
+STATE_VERSION = 1
+MAX_BAD_SHARDS_KEPT = 100  # the list in the counters; the count is exact
+
+
+def _identity(x):
+    return x
+
+
+@dataclass
+class StreamCounters:
+    batches: int = 0
+    samples: int = 0
+    tokens: int = 0
+    bad: Counter = field(default_factory=Counter)
+    bad_shards: list = field(default_factory=list)  # [url, error] (most recent, capped)
+    bad_shard_count: int = 0
+    wait_s: float = 0.0  # time the caller spent inside next(): data the model waited for
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"batches": self.batches, "samples": self.samples, "tokens": self.tokens,
+                "bad": dict(self.bad), "bad_total": sum(self.bad.values()),
+                "bad_shards": [list(x) for x in self.bad_shards],
+                "bad_shard_count": self.bad_shard_count, "wait_s": self.wait_s}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "StreamCounters":
+        return cls(batches=int(d.get("batches", 0)), samples=int(d.get("samples", 0)),
+                   tokens=int(d.get("tokens", 0)), bad=Counter(d.get("bad", {})),
+                   bad_shards=[tuple(x) for x in d.get("bad_shards", [])],
+                   bad_shard_count=int(d.get("bad_shard_count", 0)), wait_s=float(d.get("wait_s", 0.0)))
+
+
+class Stream:
+    """One stream of one rank: an endless iterator of batches with a resumable position."""
+
+    def __init__(self, cfg: DataConfig, name: str, rank: int, world_size: int, seed: int):
+        if cfg.stream(name) is None:
+            raise ValueError(f"stream {name!r} is not configured (data.{name} is null)")
+        self.cfg = cfg
+        self.name = name
+        self.rank = rank
+        self.world_size = world_size
+        self.seed = seed
+        self.num_workers = cfg.workers_for(name)
+        self.counters = StreamCounters()
+        self._states: dict[int, dict] = {}
+        self._next_worker = 0
+        self._loader_iter = None
+        self._pending: dict[int, deque] = {}
+        # a dataset (no workers started) to answer questions about the shard split
+        self._dataset = StreamDataset(cfg, name, rank, world_size, seed, self.num_workers)
+
+    # ------------------------------------------------------------------ iteration
+    def _start(self) -> None:
+        ds = StreamDataset(self.cfg, self.name, self.rank, self.world_size, self.seed,
+                           self.num_workers, self._states)
+        kw: dict[str, Any] = {}
+        if self.num_workers > 0:
+            kw.update(prefetch_factor=self.cfg.prefetch_factor, persistent_workers=False)
+            if self.cfg.multiprocessing_context:
+                kw["multiprocessing_context"] = self.cfg.multiprocessing_context
+        loader = DataLoader(ds, batch_size=None, num_workers=self.num_workers, collate_fn=_identity,
+                            pin_memory=self.cfg.pin_memory, **kw)
+        self._loader_iter = iter(loader)
+        self._pending = {w: deque() for w in range(max(1, self.num_workers))}
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict[str, torch.Tensor]:
+        t0 = time.perf_counter()
+        if self._loader_iter is None:
+            self._start()
+        w = self._next_worker
+        # the DataLoader hands out worker 0's batch first; after a resume the next batch due may
+        # belong to another worker, so hold the early ones until their turn (at most K-1 batches)
+        while not self._pending[w]:
+            worker, batch, meta = next(self._loader_iter)
+            self._pending[worker].append((batch, meta))
+        batch, meta = self._pending[w].popleft()
+        self._states[w] = meta["state"]
+        self._next_worker = (w + 1) % max(1, self.num_workers)
+        c = self.counters
+        c.batches += 1
+        c.samples += meta["samples"]
+        c.tokens += meta["tokens"]
+        c.bad.update(meta["bad"])
+        if meta["bad_shards"]:
+            c.bad_shard_count += len(meta["bad_shards"])
+            c.bad_shards = (c.bad_shards + [tuple(x) for x in meta["bad_shards"]])[-MAX_BAD_SHARDS_KEPT:]
+        c.wait_s += time.perf_counter() - t0
+        return batch
+
+    def close(self) -> None:
+        """Stop the loader workers (the position is kept: the next ``next()`` restarts them)."""
+        it, self._loader_iter = self._loader_iter, None
+        self._pending = {}
+        if it is not None and hasattr(it, "_shutdown_workers"):
+            it._shutdown_workers()
+
+    # ------------------------------------------------------------------ state
+    def _identity_fields(self) -> dict[str, Any]:
+        return {"stream": self.name, "seed": self.seed, "rank": self.rank,
+                "world_size": self.world_size, "num_workers": self.num_workers,
+                "batch_size": self.cfg.stream(self.name).batch_size,
+                "shuffle_buffer": self.cfg.stream(self.name).shuffle_buffer,
+                "sources": [s.urls if isinstance(s.urls, str) else list(s.urls)
+                            for s in self.cfg.stream(self.name).sources]}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"version": STATE_VERSION, **self._identity_fields(),
+                "next_worker": self._next_worker,
+                "workers": {str(w): s for w, s in sorted(self._states.items())},
+                "counters": self.counters.as_dict()}
+
+    def load_state_dict(self, state: dict[str, Any], strict: bool = True) -> None:
+        """Continue from ``state``. ``strict=False`` accepts changed source URLs (data moved to
+        another place, same shards in the same order); everything else must match."""
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"stream {self.name}: state version {state.get('version')!r}, expected {STATE_VERSION}")
+        mine = self._identity_fields()
+        if not strict:
+            mine.pop("sources")
+        diff = {k: (state.get(k), v) for k, v in mine.items() if state.get(k) != v}
+        if diff:
+            detail = "; ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in diff.items())
+            raise ValueError(f"stream {self.name}: cannot resume exactly, the data setup changed ({detail})")
+        self.close()
+        self._states = {int(w): s for w, s in state["workers"].items()}
+        self._next_worker = int(state["next_worker"])
+        self.counters = StreamCounters.from_dict(state.get("counters", {}))
+
+    # ------------------------------------------------------------------ introspection
+    def shards(self, worker: int | None = None) -> list[str]:
+        """The shard URLs this rank reads (all sources; one worker's when ``worker`` is given)."""
+        workers = range(max(1, self.num_workers)) if worker is None else [worker]
+        out: list[str] = []
+        for w in workers:
+            for urls in self._dataset.shards_for(w):
+                out.extend(u for u in urls if u not in out)
+        return out
+
+
+class StreamSet:
+    """The configured streams of one rank, in the fixed order ``pairs, regions, text, images``.
+
+    ``rank``/``world_size`` default to ``RANK``/``WORLD_SIZE`` of the environment (or 0/1); pass
+    them explicitly where the launcher sets something else (SLURM).
+    """
+
+    def __init__(self, cfg: DataConfig, *, rank: int | None = None, world_size: int | None = None,
+                 seed: int = 0, streams: Iterable[str] | None = None):
+        self.cfg = cfg
+        self.rank = int(os.environ.get("RANK", 0)) if rank is None else int(rank)
+        self.world_size = int(os.environ.get("WORLD_SIZE", 1)) if world_size is None else int(world_size)
+        if not 0 <= self.rank < self.world_size:
+            raise ValueError(f"rank {self.rank} out of range for world size {self.world_size}")
+        self.seed = int(seed)
+        names = list(cfg.enabled if streams is None else streams)
+        for n in names:
+            if n not in STREAM_NAMES:
+                raise ValueError(f"unknown stream {n!r}; known: {list(STREAM_NAMES)}")
+            if cfg.stream(n) is None:
+                raise ValueError(f"stream {n!r} requested but data.{n} is not configured")
+        if not names:
+            raise ValueError("no stream configured: set at least one of data.pairs/regions/text/images")
+        self.names = [n for n in STREAM_NAMES if n in names]
+        self.streams = {n: Stream(cfg, n, self.rank, self.world_size, self.seed) for n in self.names}
+
+    def __getitem__(self, name: str) -> Stream:
+        try:
+            return self.streams[name]
+        except KeyError:
+            raise KeyError(f"stream {name!r} is not in this set ({self.names})") from None
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.streams
+
+    def next(self, name: str) -> dict[str, torch.Tensor]:
+        return next(self[name])
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"version": STATE_VERSION, "streams": {n: s.state_dict() for n, s in self.streams.items()}}
+
+    def load_state_dict(self, state: dict[str, Any], strict: bool = True) -> None:
+        saved = state.get("streams", {})
+        missing = [n for n in self.names if n not in saved]
+        if missing:
+            raise ValueError(f"data state has no position for stream(s) {missing} (saved: {sorted(saved)})")
+        for n, s in self.streams.items():
+            s.load_state_dict(saved[n], strict=strict)
+
+    def counters(self) -> dict[str, dict[str, Any]]:
+        return {n: s.counters.as_dict() for n, s in self.streams.items()}
+
+    def close(self) -> None:
+        for s in self.streams.values():
+            s.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass

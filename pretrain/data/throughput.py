@@ -1,0 +1,41 @@
+"""Loader-only throughput: how fast one stream's loader produces batches with no model attached,
+so a benchmark can tell whether the loader or the model is the bottleneck."""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from .config import DataConfig
+from .streams import StreamSet
+
+
+def measure_loader_throughput(cfg: DataConfig, stream: str, *, seconds: float | None = None,
+                              batches: int | None = None, warmup_batches: int = 2, rank: int = 0,
+                              world_size: int = 1, seed: int = 0) -> dict[str, Any]:
+    """Pull batches of ``stream`` for ``seconds`` or ``batches`` (after ``warmup_batches``, which
+    absorb worker start-up and the first shuffle-buffer fill) and report the rates.
+
+    Returns ``{"stream", "num_workers", "batches", "samples", "tokens", "seconds",
+    "batches_per_s", "samples_per_s", "tokens_per_s", "bad"}``.
+    """
+    if (seconds is None) == (batches is None):
+        raise ValueError("give exactly one of seconds= or batches=")
+    if seconds is not None and seconds <= 0 or batches is not None and batches < 1:
+        raise ValueError("seconds must be > 0 and batches >= 1")
+    with StreamSet(cfg, rank=rank, world_size=world_size, seed=seed, streams=[stream]) as streams:
+        s = streams[stream]
+        for _ in range(warmup_batches):
+            next(s)
+        before = s.counters.as_dict()
+        t0 = time.perf_counter()
+        n = 0
+        while (batches is not None and n < batches) or (seconds is not None and time.perf_counter() - t0 < seconds):
+            next(s)
+            n += 1
+        dt = time.perf_counter() - t0
+        after = s.counters.as_dict()
+    samples = after["samples"] - before["samples"]
+    tokens = after["tokens"] - before["tokens"]
+    return {"stream": stream, "num_workers": cfg.workers_for(stream), "batches": n, "samples": samples,
+            "tokens": tokens, "seconds": dt, "batches_per_s": n / dt, "samples_per_s": samples / dt,
+            "tokens_per_s": tokens / dt, "bad": after["bad"]}

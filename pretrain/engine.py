@@ -1,0 +1,307 @@
+"""Build the DeepSpeed engine: model under ``zero.Init``, AdamW parameter groups, DS config.
+
+ZeRO-3 rules followed here (ARCHITECTURE.md, pitfalls):
+- the model is constructed inside ``deepspeed.zero.Init`` so each rank only ever allocates its
+  own slice of every parameter (no rank holds the whole base model);
+- a full parameter is only touched inside ``GatheredParameters`` (weight loading, the in-place
+  temperature clamp); the clamp also rewrites the optimizer's fp32 master copy, otherwise the
+  next step would undo it;
+- the optimizer is a client ``torch.optim.AdamW`` (a config ``"AdamW"`` JIT-compiles a C++ op),
+  with ``zero_force_ds_cpu_optimizer: false`` so DeepSpeed accepts it on CPU;
+- ``gradient_clipping`` is always written (DeepSpeed 0.19.3+ silently defaults it to 1.0).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from xfm.config import _deep_merge
+from xfm.pretrain.config import EngineConfig, OptimConfig, PretrainConfig
+
+
+def deepspeed_config(engine: EngineConfig, world_size: int) -> dict:
+    """The DeepSpeed JSON config generated from the typed engine section."""
+    cfg = {
+        # we feed batches ourselves; DS only needs these to agree with each other
+        "train_micro_batch_size_per_gpu": 1,
+        "gradient_accumulation_steps": engine.grad_accum,
+        "train_batch_size": engine.grad_accum * world_size,
+        "gradient_clipping": float(engine.gradient_clipping),
+        "zero_optimization": {
+            "stage": engine.zero_stage,
+            "contiguous_gradients": True,
+            "overlap_comm": False,
+            "stage3_gather_16bit_weights_on_model_save": False,
+        },
+        "zero_allow_untested_optimizer": True,
+        "zero_force_ds_cpu_optimizer": False,
+        "bf16": {"enabled": engine.precision == "bf16"},
+        "fp16": {"enabled": engine.precision == "fp16", "initial_scale_power": 16,
+                 "loss_scale_window": 1000, "hysteresis": 2, "min_loss_scale": 1},
+        "steps_per_print": 1 << 30,
+        "wall_clock_breakdown": False,
+    }
+    return _deep_merge(cfg, engine.deepspeed)
+
+
+def _full_shape(p: torch.Tensor) -> torch.Size:
+    return p.ds_shape if hasattr(p, "ds_shape") else p.shape
+
+
+def param_groups(model: nn.Module, optim: OptimConfig) -> list[dict]:
+    """AdamW groups: (decay | no decay) x (base lr | lr * lr_mult).
+
+    No decay on biases, every norm's parameters and scalars (the temperature); ``lr_mult`` on
+    parameters whose name starts with one of ``optim.lr_mult_prefixes`` (new heads, temperature).
+    Names are the model's own (``heads.temp.temp``), without any wrapper prefix.
+    """
+    norm_params = set()
+    for mod in model.modules():
+        if isinstance(mod, (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d, nn.BatchNorm2d)) or \
+                "norm" in type(mod).__name__.lower():
+            for p in mod.parameters(recurse=False):
+                norm_params.add(id(p))
+    groups: dict[tuple[bool, bool], dict] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        no_decay = (name.endswith("bias") or id(p) in norm_params or len(_full_shape(p)) <= 1
+                    and math.prod(_full_shape(p)) == 1)
+        mult = any(name.startswith(pre) for pre in optim.lr_mult_prefixes)
+        key = (no_decay, mult)
+        if key not in groups:
+            groups[key] = {"params": [], "names": [],
+                           "weight_decay": 0.0 if no_decay else optim.weight_decay,
+                           "lr_mult": optim.lr_mult if mult else 1.0,
+                           "lr": optim.lr * (optim.lr_mult if mult else 1.0)}
+        groups[key]["params"].append(p)
+        groups[key]["names"].append(name)
+    return [groups[k] for k in sorted(groups)]
+
+
+def lr_factor(step: int, optim: OptimConfig, total_steps: int) -> float:
+    """Warm-up from 0 then linear / cosine decay to ``min_lr_ratio``; ``step`` counts from 0."""
+    if optim.warmup_steps > 0 and step < optim.warmup_steps:
+        return (step + 1) / optim.warmup_steps
+    if optim.decay == "constant":
+        return 1.0
+    span = max(1, total_steps - optim.warmup_steps)
+    progress = min(1.0, max(0.0, (step - optim.warmup_steps) / span))
+    if optim.decay == "linear":
+        shape = 1.0 - progress
+    else:
+        shape = 0.5 * (1.0 + math.cos(math.pi * progress))
+    return optim.min_lr_ratio + (1.0 - optim.min_lr_ratio) * shape
+
+
+def set_lr(optimizer, step: int, optim: OptimConfig, total_steps: int) -> float:
+    """Set every group's lr for this step (stateless: resume needs nothing but the step)."""
+    f = lr_factor(step, optim, total_steps)
+    for g in optimizer.param_groups:
+        g["lr"] = optim.lr * g.get("lr_mult", 1.0) * f
+    return optim.lr * f
+
+
+@dataclass
+class PartitionReport:
+    total_params: int  # full parameter count (tied parameters once)
+    local_params: int  # elements this rank stores
+    per_param: dict  # name -> (full numel, local numel)
+
+
+def partition_report(model: nn.Module) -> PartitionReport:
+    per = {}
+    for name, p in model.named_parameters():
+        full = p.ds_numel if hasattr(p, "ds_numel") else p.numel()
+        local = p.ds_tensor.numel() if hasattr(p, "ds_tensor") else p.numel()
+        per[name] = (int(full), int(local))
+    return PartitionReport(sum(f for f, _ in per.values()), sum(l for _, l in per.values()), per)
+
+
+@contextlib.contextmanager
+def _scalar_params_zero_init():
+    """DeepSpeed 0.19.8's ``zero.Init`` broadcasts each new parameter as ``param.data.view(uint8)``,
+    which raises for a 0-dim parameter (the temperature, 0-dim as in the official checkpoint).
+    Broadcast such a parameter through a 1-element view instead; everything else is unchanged."""
+    from deepspeed import comm as ds_dist
+    from deepspeed.runtime.zero.partition_parameters import Init
+
+    original = Init._zero_init_param
+
+    def patched(self, param):
+        if param.dim() != 0:
+            return original(self, param)
+        self._convert_to_deepspeed_param(param)
+        group = self.get_partition_dp_group(param)
+        src = 0 if ds_dist.get_world_group() == group else ds_dist.get_global_rank(group, 0)
+        ds_dist.broadcast(param.data.reshape(1).view(torch.uint8), src, group)
+        param.partition()
+
+    Init._zero_init_param = patched
+    try:
+        yield
+    finally:
+        Init._zero_init_param = original
+
+
+def _init_weights_gathered(model: nn.Module) -> None:
+    """Under ``zero.Init`` a submodule is partitioned as soon as its ``__init__`` returns, so the
+    model's own ``init_weights()`` (called at the end of ``XFM.__init__``) only saw empty
+    slices. Re-run it part by part with that part's parameters gathered (rank 0's values are
+    kept), in the model's order (text last: the tied MLM decoder takes the embedding init), so
+    at most one encoder is ever whole on a rank."""
+    import deepspeed
+
+    parts = [n for n in ("heads", "fusion", "vision", "text")
+             if hasattr(getattr(model, n, None), "init_weights")]
+    if not hasattr(model, "init_weights"):
+        return
+    if not parts:
+        with gathered_for_update(model.parameters()):
+            model.init_weights()
+        return
+    for name in parts:
+        part = getattr(model, name)
+        with gathered_for_update(part.parameters()):
+            part.init_weights()
+    if hasattr(model, "reset_buffers"):
+        model.reset_buffers()
+
+
+def build_model(model_factory: Callable[[], nn.Module], ds_config: dict, zero_stage: int) -> nn.Module:
+    """Construct the model; under ZeRO-3 each parameter is partitioned as soon as its module's
+    ``__init__`` returns, so peak memory per rank is a slice of the model plus one layer."""
+    import deepspeed
+
+    if zero_stage != 3:
+        return model_factory()
+    with _scalar_params_zero_init(), deepspeed.zero.Init(config_dict_or_path=ds_config):
+        model = model_factory()
+    _init_weights_gathered(model)
+    return model
+
+
+def load_full_state_dict(model: nn.Module, state: dict, rank: int, strict: bool = True) -> list[str]:
+    """Copy a full (unsharded) state dict into a possibly ZeRO-3-partitioned model, module by
+    module under ``GatheredParameters`` (modifier rank 0), so only one module is ever whole.
+    Returns the missing keys; unexpected keys are an error when ``strict``."""
+    import deepspeed
+
+    seen, missing = set(), []
+    for mod_name, mod in model.named_modules():
+        params = list(mod.named_parameters(recurse=False))
+        buffers = [(n, b) for n, b in mod.named_buffers(recurse=False)
+                   if n not in mod._non_persistent_buffers_set]
+        if not params and not buffers:
+            continue
+        with gathered_for_update([p for _, p in params]):
+            for n, t in params + buffers:
+                key = f"{mod_name}.{n}" if mod_name else n
+                if key not in state:
+                    missing.append(key)
+                    continue
+                seen.add(key)
+                src = state[key]
+                if tuple(src.shape) != tuple(t.shape):
+                    raise ValueError(f"init weights: {key}: shape {tuple(src.shape)} != model {tuple(t.shape)}")
+                # parameters: rank 0 writes, GatheredParameters re-partitions from rank 0;
+                # buffers are not partitioned: every rank copies
+                if rank == 0 or not isinstance(t, nn.Parameter):
+                    with torch.no_grad():
+                        t.data.copy_(src.to(t.dtype))
+    unexpected = sorted(set(state) - seen)
+    if strict and unexpected:
+        raise ValueError(f"init weights: {len(unexpected)} unexpected key(s), e.g. {unexpected[:5]}")
+    return missing
+
+
+def _write_own_partition(param: nn.Parameter, full: torch.Tensor) -> None:
+    """Write this rank's slice of ``full`` into a ZeRO-3 parameter's local partition."""
+    import torch.distributed as dist
+
+    part = param.ds_tensor
+    n = part.numel()
+    start = n * dist.get_rank(group=param.ds_process_group)
+    flat = full.reshape(-1).to(part.dtype)
+    k = max(0, min(n, flat.numel() - start))
+    if k:
+        with torch.no_grad():
+            part.data[:k].copy_(flat[start:start + k])
+
+
+@contextlib.contextmanager
+def gathered_for_update(params):
+    """``GatheredParameters(params, modifier_rank=0)`` that also works for 0-dim parameters
+    (DeepSpeed 0.19.8 re-broadcasts through ``view(uint8)``, which fails on 0-dim tensors):
+    those are gathered read-only and rank 0's new value is broadcast and written back here."""
+    import deepspeed
+    import torch.distributed as dist
+
+    params = list(params)
+    scalars = [p for p in params if hasattr(p, "ds_id") and len(p.ds_shape) == 0]
+    ids = {id(p) for p in scalars}
+    others = [p for p in params if id(p) not in ids]
+    with deepspeed.zero.GatheredParameters(others, modifier_rank=0), \
+            deepspeed.zero.GatheredParameters(scalars, modifier_rank=None):
+        yield
+        values = [p.data.detach().clone().reshape(1) for p in scalars]
+    for p, v in zip(scalars, values):
+        if dist.is_initialized():
+            dist.broadcast(v, 0)
+        _write_own_partition(p, v)
+
+
+def clamp_parameter_(param: nn.Parameter, lo: float, hi: float) -> tuple[bool, float]:
+    """In-place clamp of a (maybe partitioned) parameter and of the optimizer's fp32 master copy
+    (otherwise the next step would undo it). Collective under ZeRO-3: call on every rank.
+    Returns (changed, value after the clamp) for a scalar parameter."""
+    import deepspeed
+    from deepspeed.utils import safe_set_full_fp32_param
+
+    with deepspeed.zero.GatheredParameters([param], modifier_rank=None):
+        full = param.data.detach().clone()
+    clamped = full.clamp(lo, hi)
+    changed = not torch.equal(full, clamped)
+    if changed:
+        if hasattr(param, "ds_id"):
+            _write_own_partition(param, clamped)  # every rank holds the same gathered value
+        else:
+            with torch.no_grad():
+                param.data.copy_(clamped)
+        safe_set_full_fp32_param(param, clamped.float())
+    return changed, float(clamped.reshape(-1)[0])
+
+
+def build_optimizer(model: nn.Module, optim: OptimConfig) -> torch.optim.Optimizer:
+    groups = param_groups(model, optim)
+    torch_groups = [{k: v for k, v in g.items() if k != "names"} for g in groups]
+    return torch.optim.AdamW(torch_groups, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps,
+                             weight_decay=optim.weight_decay)
+
+
+def initialize(module: nn.Module, model: nn.Module, cfg: PretrainConfig, ds_config: dict):
+    """``deepspeed.initialize`` with the client AdamW built from ``model``'s parameter groups.
+    ``module`` is the training wrapper (it owns ``model``)."""
+    import deepspeed
+
+    optimizer = build_optimizer(model, cfg.optim)
+    engine, optimizer, _, _ = deepspeed.initialize(model=module, optimizer=optimizer, config=ds_config)
+    return engine, optimizer
+
+
+
+def clear_grad_partitions(engine) -> None:
+    """Zero ZeRO-3's flat gradient-partition buffer after an optimizer step.
+
+    DeepSpeed 0.19.8's stage 3 copies each reduced gradient into that buffer but never clears it,
+    so a parameter that gets no gradient in the next step (the vision encoder during the text
+    step of the paper's two-step schedule) is updated again with its previous step's gradient
+    (and it enters the next clip norm). Measured: tests/test_pretrain_engine.py."""
+    buf = getattr(getattr(engine, "optimizer", None), "grad_partitions_flat_buffer", None)
+    if buf is not None:
+        buf.zero_()

@@ -1,0 +1,99 @@
+"""What a run reports: JSON lines on rank 0 (one per log step), optional TensorBoard, memory.
+
+Each record: ``step``, ``time``, ``lr``, ``temp``, ``loss`` (sum of weighted stream losses),
+``loss/<stream>`` (weighted), ``loss/<stream>/<name>`` (unweighted parts), ``grad_norm/<group>``,
+``samples_per_s/<stream>`` and ``tokens_per_s/<stream>`` (whole job: summed over ranks; tokens
+= non-pad text tokens + image patch tokens), ``step_time_s``, ``data_wait_s`` (per step,
+averaged over the interval), ``mem_mb`` (peak RSS on CPU, peak allocated on GPUs) and any loader
+counters (skipped samples / shards). Losses are averaged over the interval and over ranks.
+"""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def memory_mb() -> float:
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+
+
+def batch_size(stream: str, batch: dict) -> int:
+    key = {"pairs": "image", "images": "image", "regions": "text_ids", "text": "text_ids_masked"}[stream]
+    return int(batch[key].shape[0])
+
+
+def batch_tokens(stream: str, batch: dict, num_patches: int) -> int:
+    tokens = int(batch["text_mask"].sum()) if "text_mask" in batch else 0
+    if "image" in batch:
+        tokens += int(batch["image"].shape[0]) * num_patches
+    return tokens
+
+
+class IntervalStats:
+    """Sums over the steps since the last log line (local to this rank)."""
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self):
+        self.t0 = time.perf_counter()
+        self.steps = 0
+        self.losses = defaultdict(float)
+        self.samples = defaultdict(int)
+        self.tokens = defaultdict(int)
+        self.data_wait = 0.0
+        self.grad_norm = {}
+
+    def add_losses(self, values: dict[str, float]):
+        for k, v in values.items():
+            self.losses[k] += v
+
+
+class MetricsWriter:
+    """Rank 0 only: appends JSON lines (flushed per line, so a killed run keeps its log)."""
+
+    def __init__(self, run_dir: str | os.PathLike, tensorboard: bool):
+        self.path = Path(run_dir) / METRICS_FILE
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._f = open(self.path, "a", buffering=1)
+        self._tb = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as e:  # tensorboard is an optional extra
+                raise RuntimeError("logging.tensorboard: true needs `pip install tensorboard` "
+                                   "(the `xfm[tensorboard]` extra)") from e
+            self._tb = SummaryWriter(str(Path(run_dir) / "tensorboard"))
+
+    def write(self, record: dict) -> None:
+        self._f.write(json.dumps(record, sort_keys=True) + "\n")
+        if self._tb is not None:
+            step = record["step"]
+            for k, v in record.items():
+                if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
+                    self._tb.add_scalar(k, v, step)
+
+    def event(self, **record) -> None:
+        """A non-metric line (start, checkpoint, signal, end), marked with ``event``."""
+        record.setdefault("time", time.time())
+        self._f.write(json.dumps(record, sort_keys=True, default=str) + "\n")
+
+    def close(self):
+        self._f.close()
+        if self._tb is not None:
+            self._tb.close()
+
+
+def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
+    path = Path(run_dir) / METRICS_FILE
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

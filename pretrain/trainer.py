@@ -1,0 +1,319 @@
+"""The pretraining loop: every rank runs the same plan; rank 0 reports.
+
+One step = the groups of ``plan_for_step`` in order; one group = ``grad_accum`` micro-steps, each
+running every stream of the group (fixed order) through the engine, one backward of the summed
+weighted loss, and ``engine.step()`` (DeepSpeed makes the optimizer step at the accumulation
+boundary). After each step: temperature clamp, logging, a collective check for SIGTERM/SIGUSR1
+(so all ranks agree to save at the same step) and periodic checkpoints.
+"""
+from __future__ import annotations
+
+import os
+import random
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from xfm.config import save_config
+from xfm.pretrain import checkpointing
+from xfm.pretrain.config import STREAMS, PretrainConfig
+from xfm.pretrain.dist import DistInfo, init_distributed
+from xfm.pretrain.engine import (build_model, clamp_parameter_, clear_grad_partitions, deepspeed_config, initialize,
+                                 load_full_state_dict, partition_report, set_lr)
+from xfm.pretrain.metrics import IntervalStats, MetricsWriter, batch_size, batch_tokens, memory_mb
+from xfm.pretrain.plan import plan_for_step, step_seed
+from xfm.pretrain.wrapper import PretrainWrapper
+
+TEMP_PARAM = "heads.temp.temp"
+
+
+class StopRequest:
+    """SIGTERM / SIGUSR1 set a flag; the loop saves at the end of the current step and exits 0."""
+
+    def __init__(self):
+        self.signum = 0
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(sig, self._handler)
+
+    def _handler(self, signum, frame):
+        self.signum = signum
+
+    def agreed(self, device) -> int:
+        """Collective: the largest signal number seen by any rank (0 = keep going)."""
+        flag = torch.tensor([self.signum], dtype=torch.int64, device=device)
+        if dist.is_initialized():
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return int(flag.item())
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def set_deterministic(on: bool) -> None:
+    if on:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+
+
+def _to_device(batch: dict, device) -> dict:
+    return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+
+
+def _default_model_factory(model_cfg):
+    from xfm.model import XFM
+
+    return lambda: XFM(model_cfg)
+
+
+def _default_streams_factory(cfg: PretrainConfig, info: DistInfo, streams: list[str]):
+    from xfm.pretrain.data import StreamSet
+
+    return StreamSet(cfg.data, rank=info.rank, world_size=info.world_size, seed=cfg.seed, streams=streams)
+
+
+def _init_from(model, path: str, rank: int) -> None:
+    """Load full weights into the (partitioned) model: rank 0 reads them, shapes are broadcast so
+    every rank joins the same GatheredParameters calls, buffers are sent to every rank."""
+    state = None
+    if rank == 0:
+        from xfm.model import XFM
+
+        state = XFM.from_pretrained(path).state_dict()
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        param_names = {n for n, _ in model.named_parameters(remove_duplicate=False)}
+        obj = [None]
+        if rank == 0:
+            obj = [{k: (v if k not in param_names else torch.empty(0).new_empty(v.shape, device="meta"))
+                    for k, v in state.items()}]
+        dist.broadcast_object_list(obj, src=0)
+        if rank != 0:
+            state = {k: (torch.zeros(v.shape) if v.device.type == "meta" else v) for k, v in obj[0].items()}
+    missing = load_full_state_dict(model, state, rank, strict=True)
+    if missing:
+        raise ValueError(f"model.init_from {path}: {len(missing)} missing key(s), e.g. {missing[:5]}")
+
+
+def _apply_activation_checkpointing(model_cfg, encoders: list[str]):
+    """The model config has one switch; per-encoder flags are set on the built model below."""
+    if encoders:
+        model_cfg.grad_checkpointing = True
+    return model_cfg
+
+
+def _set_encoder_checkpointing(model, encoders: list[str]) -> None:
+    for name in ("text", "vision", "fusion"):
+        enc = getattr(model, name, None)
+        if enc is not None and hasattr(enc, "grad_checkpointing"):
+            enc.grad_checkpointing = name in encoders
+
+
+def _next_batch(streams, name: str) -> dict:
+    return streams.next(name) if hasattr(streams, "next") else next(streams[name])
+
+
+def train(cfg: PretrainConfig, resume: bool = False, *,
+          model_factory: Optional[Callable] = None,
+          streams_factory: Optional[Callable] = None,
+          stream_losses: Optional[dict] = None) -> dict:
+    """Run (or resume) a pretraining run; returns a summary dict (rank-local)."""
+    set_deterministic(cfg.deterministic)
+    info = init_distributed(cfg.engine.backend, cfg.engine.dist_timeout_s)
+    rank, world = info.rank, info.world_size
+    from deepspeed.accelerator import get_accelerator
+
+    device = torch.device(get_accelerator().device_name(info.local_rank)
+                          if get_accelerator().device_name() != "cpu" else "cpu")
+    run_dir = Path(cfg.out)
+    ckpt_dir = Path(cfg.checkpoint.dir) if cfg.checkpoint.dir else run_dir / "checkpoints"
+    stream_names = cfg.streams.streams
+    missing_data = [s for s in stream_names if cfg.data.stream(s) is None]
+    if missing_data:
+        raise ValueError(f"streams.step_groups names {missing_data}, but data.{missing_data[0]} is not configured")
+
+    model_cfg = _apply_activation_checkpointing(cfg.model.build(), cfg.engine.activation_checkpointing)
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+        save_config(model_cfg, run_dir / "model_config.yaml")
+    ds_config = deepspeed_config(cfg.engine, world)
+
+    # identical init on every rank (zero.Init also broadcasts from rank 0), then per-rank seeds
+    seed_everything(cfg.seed)
+    factory = model_factory(model_cfg) if model_factory else _default_model_factory(model_cfg)
+    model = build_model(factory, ds_config, cfg.engine.zero_stage)
+    _set_encoder_checkpointing(model, cfg.engine.activation_checkpointing)
+    if cfg.model.init_from:
+        _init_from(model, cfg.model.init_from, rank)
+    seed_everything(cfg.seed + 1000003 * rank)
+    wrapper = PretrainWrapper(model, cfg.streams.loss_weights, stream_losses)
+    engine, optimizer = initialize(wrapper, model, cfg, ds_config)
+    temp_param = dict(model.named_parameters()).get(TEMP_PARAM)
+
+    streams = (streams_factory or _default_streams_factory)(cfg, info, stream_names)
+    step = 0
+    if resume:
+        if checkpointing.read_latest(ckpt_dir) is None:
+            raise FileNotFoundError(f"--resume: no checkpoint in {ckpt_dir}")
+        step, streams_state = checkpointing.load(engine, ckpt_dir)
+        streams.load_state_dict(streams_state)
+
+    report = partition_report(model)
+    (run_dir / "partitions").mkdir(parents=True, exist_ok=True) if rank == 0 else None
+    if dist.is_initialized():
+        dist.barrier()
+    import json
+
+    (run_dir / "partitions" / f"rank{rank:05d}.json").write_text(json.dumps(
+        {"rank": rank, "world_size": world, "zero_stage": cfg.engine.zero_stage,
+         "total": report.total_params, "local": report.local_params, "params": report.per_param}))
+    writer = MetricsWriter(run_dir, cfg.logging.tensorboard) if rank == 0 else None
+    if rank == 0:
+        start = (f"xfm-pretrain: world size {world} ({info.launcher}), ZeRO stage {cfg.engine.zero_stage}, "
+                 f"{cfg.engine.precision}, parameters {report.total_params:,} "
+                 f"({report.total_params / 1e6:.2f}M), per-rank shard {report.local_params:,} "
+                 f"({report.local_params / max(1, report.total_params):.1%}), streams {cfg.streams.step_groups} "
+                 f"mode {cfg.streams.mode}, steps {step}->{cfg.steps}, run dir {run_dir}")
+        print(start, flush=True)
+        writer.event(event="start", world_size=world, launcher=info.launcher,
+                     zero_stage=cfg.engine.zero_stage, precision=cfg.engine.precision,
+                     params=report.total_params, local_params=report.local_params,
+                     start_step=step, steps=cfg.steps, resumed=resume)
+
+    stop = StopRequest()
+    stats = IntervalStats()
+    num_patches = (model_cfg.vision.image_size // model_cfg.vision.patch_size) ** 2
+    from xfm.objectives import LossContext
+
+    bar = None
+    if rank == 0 and cfg.logging.progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.steps, initial=step, desc="pretrain", dynamic_ncols=True, file=sys.stderr)
+    last_saved = step if resume else -1
+    stopped_by = 0
+    engine.train()
+    while step < cfg.steps:
+        t_step = time.perf_counter()
+        lr = set_lr(engine.optimizer, step, cfg.optim, cfg.steps)
+        plan = plan_for_step(cfg.streams, cfg.seed, step)
+        for group in plan:
+            group_name = "+".join(group)
+            for micro in range(cfg.engine.grad_accum):
+                total = None
+                for stream in group:
+                    t0 = time.perf_counter()
+                    batch = _next_batch(streams, stream)
+                    stats.data_wait += time.perf_counter() - t0
+                    stats.samples[stream] += batch_size(stream, batch)
+                    stats.tokens[stream] += batch_tokens(stream, batch, num_patches)
+                    batch = _to_device(batch, device)
+                    gen = torch.Generator(device=device).manual_seed(
+                        step_seed(cfg.seed, step * cfg.engine.grad_accum + micro, rank, STREAMS.index(stream)))
+                    ctx = LossContext(group=None, world_size=world, rank=rank, generator=gen)
+                    loss, parts = engine(stream, batch, ctx)
+                    total = loss if total is None else total + loss
+                    local = {f"loss/{stream}": float(loss.detach())}
+                    local.update({f"loss/{stream}/{k}": float(v.detach()) for k, v in parts.items()})
+                    stats.add_losses({k: v / cfg.engine.grad_accum for k, v in local.items()})
+                engine.backward(total)
+                engine.step()
+            gn = engine.get_global_grad_norm()
+            if gn is not None:
+                stats.grad_norm[f"grad_norm/{group_name}"] = float(gn)
+            clear_grad_partitions(engine)  # else the next group re-applies this group's grads
+        temp_value = None
+        if temp_param is not None:  # every step, as the paper's in-place clamp
+            _, temp_value = clamp_parameter_(temp_param, model_cfg.temp_min, model_cfg.temp_max)
+        step += 1
+        stats.steps += 1
+        if bar is not None:
+            bar.update(1)
+
+        if step % cfg.logging.every == 0 or step == cfg.steps:
+            _log(stats, writer, step, lr, temp_value, world, t_step, streams, rank, bar)
+
+        signum = stop.agreed(device)
+        save_now = signum or step == cfg.steps or (cfg.checkpoint.every and step % cfg.checkpoint.every == 0)
+        if save_now and last_saved != step:
+            tag = checkpointing.save(engine, ckpt_dir, step, streams.state_dict(),
+                                     {"config": str(run_dir / "config.yaml")}, cfg.checkpoint.keep_last)
+            last_saved = step
+            if writer:
+                writer.event(event="checkpoint", step=step, tag=tag, dir=str(ckpt_dir))
+        if signum:
+            stopped_by = signum
+            if writer:
+                writer.event(event="stopped", step=step, signal=signal.Signals(signum).name)
+                print(f"xfm-pretrain: {signal.Signals(signum).name} received; saved step {step}, exiting",
+                      flush=True)
+            break
+    if bar is not None:
+        bar.close()
+    if writer:
+        if not stopped_by:
+            writer.event(event="end", step=step)
+        writer.close()
+    return {"step": step, "stopped_by": stopped_by, "rank": rank, "world_size": world,
+            "checkpoint_dir": str(ckpt_dir)}
+
+
+def _log(stats: IntervalStats, writer, step, lr, temp, world, t_step, streams, rank, bar) -> None:
+    """Collective (every rank calls): losses averaged over ranks, throughput summed."""
+    elapsed = max(1e-9, time.perf_counter() - stats.t0)
+    n = max(1, stats.steps)
+    local = {"losses": {k: v / n for k, v in stats.losses.items()},
+             "data_wait": stats.data_wait / n, "mem": memory_mb(),
+             "samples": dict(stats.samples), "tokens": dict(stats.tokens),
+             "counters": _numeric_counters(streams)}
+    gathered = [local]
+    if dist.is_initialized() and world > 1:
+        gathered = [None] * world
+        dist.all_gather_object(gathered, local)
+    if rank == 0:
+        rec = {"step": step, "time": time.time(), "lr": lr, "step_time_s": elapsed / n,
+               "data_wait_s": sum(g["data_wait"] for g in gathered) / len(gathered),
+               "mem_mb": max(g["mem"] for g in gathered)}
+        if temp is not None:
+            rec["temp"] = temp
+        keys = sorted({k for g in gathered for k in g["losses"]})
+        for k in keys:
+            vals = [g["losses"][k] for g in gathered if k in g["losses"]]
+            rec[k] = sum(vals) / len(vals)
+        rec["loss"] = sum(v for k, v in rec.items() if k.count("/") == 1 and k.startswith("loss/"))
+        for s in sorted({k for g in gathered for k in g["samples"]}):
+            rec[f"samples_per_s/{s}"] = sum(g["samples"].get(s, 0) for g in gathered) / elapsed
+            rec[f"tokens_per_s/{s}"] = sum(g["tokens"].get(s, 0) for g in gathered) / elapsed
+        rec.update(stats.grad_norm)
+        for k in sorted({k for g in gathered for k in g["counters"]}):
+            rec[f"data/{k}"] = sum(g["counters"].get(k, 0) for g in gathered)
+        writer.write(rec)
+        if bar is not None:
+            bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{lr:.2e}")
+    stats.reset()
+
+
+def _numeric_counters(streams) -> dict:
+    """Loader counters (skipped samples, bad shards...) flattened to ``a/b`` numbers."""
+    out = {}
+
+    def walk(prefix, obj):
+        if isinstance(obj, dict):
+            for k, v in obj.items():
+                walk(f"{prefix}/{k}" if prefix else str(k), v)
+        elif isinstance(obj, (int, float)) and not isinstance(obj, bool):
+            out[prefix] = obj
+
+    if hasattr(streams, "counters"):
+        walk("", streams.counters() or {})
+    return out

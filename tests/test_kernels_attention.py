@@ -1,0 +1,151 @@
+"""The fused Triton attention equals the torch reference, forward and backward.
+
+conftest.py sets TRITON_INTERPRET=1 before triton is imported, so ``backend="triton"`` runs the
+Triton kernels themselves on CPU; every test checks that the fused autograd function was taken.
+Shapes stay small: the interpreter costs a few ms per program instance.
+"""
+import pytest
+import torch
+
+import xfm.kernels as K
+from xfm.kernels import attention_triton
+
+
+def _fused(out):
+    return type(out.grad_fn).__name__ == "_TritonAttentionBackward"
+
+
+def _inputs(B, H, Lq, Lk, D, mask_kind, dtype=torch.float64, seed=0):
+    """q, k, v and an additive mask of the kinds the model passes, in fp64 (cast by the caller)."""
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(B, H, Lq, D, generator=g, dtype=dtype)
+    k = torch.randn(B, H, Lk, D, generator=g, dtype=dtype)
+    v = torch.randn(B, H, Lk, D, generator=g, dtype=dtype)
+    mask = None
+    if mask_kind in ("pad", "bias+pad", "box"):
+        # key padding: every batch row keeps a different number of keys (at least one)
+        keep = torch.randint(1, Lk + 1, (B,), generator=g)
+        mask = torch.zeros(B, 1, 1, Lk, dtype=dtype)
+        for b in range(B):
+            mask[b, ..., keep[b]:] = -10000.0
+    if mask_kind == "box":
+        # box-restricted keys: a contiguous window of keys per batch row (others large negative)
+        mask = torch.full((B, 1, 1, Lk), torch.finfo(torch.float32).min, dtype=dtype)
+        for b in range(B):
+            lo = int(torch.randint(0, Lk, (1,), generator=g))
+            mask[b, ..., lo:lo + 5] = 0.0
+    if mask_kind in ("bias", "bias+pad"):
+        bias = torch.randn(1, H, Lq, Lk, generator=g, dtype=dtype)
+        mask = bias if mask is None else bias + mask
+    return q, k, v, mask
+
+
+def _run(q, k, v, mask, dout, backend, mask_grad):
+    xs = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+    m = None
+    if mask is not None:
+        m = mask.detach().clone().requires_grad_(mask_grad)
+    out = K.attention(*xs, m, backend=backend)
+    wrt = xs + ([m] if mask_grad else [])
+    grads = torch.autograd.grad(out, wrt, dout)
+    return out, grads
+
+
+@pytest.mark.parametrize(
+    "B,H,Lq,Lk,D,mask_kind,mask_grad",
+    [
+        (1, 2, 30, 30, 32, None, False),        # text self-attention
+        (2, 1, 30, 197, 64, "pad", False),      # cross-attention 30 x 197, padded keys
+        (1, 1, 17, 23, 128, "pad", False),      # odd lengths, head dim 128
+        (1, 2, 33, 33, 64, "bias", True),       # BEiT relative position bias, with its gradient
+        (2, 2, 13, 13, 32, "bias+pad", True),   # bias + padding, gradient reduced over the batch
+        (3, 1, 9, 40, 32, "box", False),        # box-restricted image keys
+    ],
+)
+def test_attention_matches_reference_fp32(B, H, Lq, Lk, D, mask_kind, mask_grad):
+    q, k, v, mask = [t.float() if t is not None else None for t in _inputs(B, H, Lq, Lk, D, mask_kind)]
+    dout = torch.randn(B, H, Lq, D)
+    out, grads = _run(q, k, v, mask, dout, "triton", mask_grad)
+    assert _fused(out)
+    ref, ref_grads = _run(q, k, v, mask, dout, "torch", mask_grad)
+    assert not _fused(ref)
+    torch.testing.assert_close(out, ref, atol=2e-5, rtol=1e-4)
+    for name, g, r in zip(["dq", "dk", "dv", "dmask"], grads, ref_grads):
+        torch.testing.assert_close(g, r, atol=5e-5, rtol=1e-4, msg=lambda m: f"{name}: {m}")
+
+
+def test_attention_mask_gradient_is_reduced_over_broadcast_dims():
+    q, k, v, mask = _inputs(2, 2, 5, 7, 16, "bias")
+    mask = mask.float().requires_grad_()
+    out = K.attention(q.float(), k.float(), v.float(), mask, backend="triton")
+    assert _fused(out)
+    (g,) = torch.autograd.grad(out.square().sum(), [mask])
+    assert g.shape == mask.shape == (1, 2, 5, 7)
+    (r,) = torch.autograd.grad(K.attention(q.float(), k.float(), v.float(), mask, backend="torch").square().sum(), [mask])
+    torch.testing.assert_close(g, r, atol=5e-5, rtol=1e-4)
+
+
+def test_attention_non_contiguous_inputs_and_2d_mask():
+    # the model's heads are a (B, L, H, D) view transposed to (B, H, L, D)
+    g = torch.Generator().manual_seed(1)
+    q = torch.randn(2, 11, 3, 32, generator=g).transpose(1, 2).requires_grad_()
+    k = torch.randn(2, 19, 3, 32, generator=g).transpose(1, 2)
+    v = torch.randn(2, 19, 3, 32, generator=g).transpose(1, 2)
+    mask = torch.randn(11, 19, generator=g)
+    out = K.attention(q, k, v, mask, scale=0.3, backend="triton")
+    assert _fused(out)
+    torch.testing.assert_close(out, K.attention(q, k, v, mask, scale=0.3, backend="torch"), atol=2e-5, rtol=1e-4)
+
+
+def test_attention_fully_masked_row_matches_reference():
+    q, k, v, _ = _inputs(1, 1, 4, 6, 16, None)
+    mask = torch.zeros(1, 1, 4, 6, dtype=torch.float64)
+    mask[0, 0, 1] = float("-inf")
+    dout = torch.randn(1, 1, 4, 16, dtype=torch.float64)
+    out, grads = _run(q, k, v, mask, dout, "triton", False)
+    ref, ref_grads = _run(q, k, v, mask, dout, "torch", False)
+    assert _fused(out) and torch.isfinite(out).all()
+    torch.testing.assert_close(out, ref)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r)
+
+
+def test_attention_fp64_gradcheck():
+    q, k, v, mask = _inputs(1, 2, 3, 5, 4, "bias")
+    xs = [t.requires_grad_() for t in (q, k, v, mask)]
+
+    def fn(q, k, v, m):
+        out = K.attention(q, k, v, m, backend="triton")
+        assert _fused(out)
+        return out
+
+    assert torch.autograd.gradcheck(fn, xs, eps=1e-6, atol=1e-7, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.bfloat16, 3e-2), (torch.float16, 4e-3)])
+@pytest.mark.parametrize("Lq,Lk,D", [(30, 197, 64), (33, 33, 128)])
+def test_attention_half_precision_close_to_fp64(dtype, tol, Lq, Lk, D):
+    """Half inputs with fp32 accumulation: the error against the exact (fp64) result stays within a
+    few units of the half type's rounding, relative to the largest value."""
+    q, k, v, bias = _inputs(2, 2, Lq, Lk, D, "bias")
+    dout = torch.randn(2, 2, Lq, D, dtype=torch.float64)
+    exact, exact_grads = _run(q, k, v, bias, dout, "torch", True)
+    out, grads = _run(q.to(dtype), k.to(dtype), v.to(dtype), bias.to(dtype), dout.to(dtype), "triton", True)
+    assert _fused(out) and out.dtype == dtype
+    for got, want in zip([out, *grads], [exact, *exact_grads]):
+        assert got.dtype == dtype
+        err = (got.double() - want).abs().max() / want.abs().max()
+        assert err < tol, f"relative error {err:.4f} >= {tol}"
+
+
+def test_attention_ineligible_reasons():
+    q, k, v, mask = [t.float() for t in _inputs(1, 1, 4, 4, 16, "bias")]
+    reason = attention_triton.ineligible_reason
+    assert "dropout" in reason(q, k, v, None, 0.1, allow_interpret=True)
+    assert "float" in reason(q, k, v, mask < 0, 0.0, allow_interpret=True)
+    assert "shapes do not match" in reason(q, k[..., :8], v, None, 0.0, allow_interpret=True)
+    assert "head dim" in reason(*(torch.zeros(1, 1, 2, 256) for _ in range(3)), None, 0.0, allow_interpret=True)
+    assert "broadcast" in reason(q, k, v, torch.zeros(1, 1, 3, 4), 0.0, allow_interpret=True)
+    assert "dtype" in reason(q.int(), k.int(), v.int(), None, 0.0, allow_interpret=True)
+    assert "TRITON_INTERPRET" in reason(q, k, v, None, 0.0, allow_interpret=False)
+    assert reason(q, k, v, mask, 0.0, allow_interpret=True) is None

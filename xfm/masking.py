@@ -1,0 +1,568 @@
+"""Masking for the pretraining objectives, run in the data-loader workers (numpy, no torch ops).
+
+- ``WordBoundaries``: per-vocabulary tables that tell where words start, for byte-level BPE
+  (RoBERTa/GPT-2 style, ``Ġ`` = leading space) and WordPiece (BERT style, ``##`` = continuation).
+  The original X-VLM/X-FM code looked only at ``##``, so for RoBERTa whole-word masking masked
+  single sub-tokens. Here a byte-level BPE word is what the tokenizer's own pre-tokenizer calls a
+  word (``Ġdog`` + ``'s``, ``abc`` + ``123``, ``hello`` + ``,``): the token bytes of a sequence are
+  re-joined and split by that pre-tokenizer (one Rust call, ~20 us), so masked words agree with
+  ``encoding.word_ids()``. Without a pre-tokenizer a table rule approximates it (leading space or
+  a change of character class letters / digits / punctuation / space).
+- ``TextMasker``: BERT-style MLM masking (whole words, optional 2-3 unit spans, 80/10/10).
+- ``BlockMasker``: BEiT block-wise image masking with exactly ``num_masks`` patches.
+
+Every masker takes a ``numpy.random.Generator`` that the caller seeds per sample, so a resumed
+run re-draws the same masks.
+"""
+from __future__ import annotations
+
+import math
+import unicodedata
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = [
+    "WordBoundaries", "TextMasker", "BlockMasker", "block_masker_for",
+    "TEXT_MLM", "FUSION_MLM", "text_mlm_masker", "fusion_mlm_masker", "IGNORE_INDEX",
+]
+
+IGNORE_INDEX = -100  # label of positions that are not predicted (torch cross_entropy default)
+
+# Rates of the paper (XFM_METHOD.md): text MLM on the text stream, fusion MLM on captions.
+TEXT_MLM = dict(mask_prob=0.15, max_masks=20)
+FUSION_MLM = dict(mask_prob=0.5, max_masks=15)
+
+# character classes of the GPT-2 pre-tokenizer regex (letters, digits, other non-space, space);
+# CONT = the token starts (or ends) inside a multi-byte UTF-8 character, never a word boundary;
+# SPACE_JOIN = the token ends with a plain space, which the regex glues to the next word.
+_LETTER, _NUMBER, _OTHER, _SPACE, _CONT, _SPACE_JOIN, _ADDED = range(7)
+
+
+def _byte_decoder() -> dict[str, int]:
+    """Inverse of the GPT-2 byte-to-unicode table (printable bytes map to themselves, the other
+    bytes to U+0100 onwards in byte order); this is how byte-level BPE vocabularies spell bytes."""
+    printable = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+                 + list(range(ord("®"), ord("ÿ") + 1)))
+    table, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            table[chr(b)] = b
+        else:
+            table[chr(256 + extra)] = b
+            extra += 1
+    return table
+
+
+def _char_class(ch: str) -> int:
+    if ch.isspace():
+        return _SPACE
+    cat = unicodedata.category(ch)
+    if cat.startswith("L"):
+        return _LETTER
+    if cat.startswith("N"):
+        return _NUMBER
+    return _OTHER
+
+
+def _utf8_len(lead: int) -> int:
+    if lead < 0x80:
+        return 1
+    if lead >> 5 == 0b110:
+        return 2
+    if lead >> 4 == 0b1110:
+        return 3
+    if lead >> 3 == 0b11110:
+        return 4
+    return 0  # continuation byte (or invalid): not the start of a character
+
+
+def _byte_token_classes(raw: bytes) -> tuple[int, int]:
+    """(class of the first character, class of the last character) of one byte-level token."""
+    if not raw:
+        return _CONT, _CONT
+    n = _utf8_len(raw[0])
+    if n == 0:
+        first = _CONT
+    elif len(raw) >= n:
+        first = _char_class(raw[:n].decode("utf-8", errors="replace")[0])
+    else:
+        # a multi-byte character split across tokens: most such characters are letters
+        # (accented Latin, CJK); a documented approximation
+        first = _LETTER
+    # last complete character: walk back to its lead byte
+    i = len(raw) - 1
+    while i > 0 and _utf8_len(raw[i]) == 0:
+        i -= 1
+    n_last = _utf8_len(raw[i])
+    if n_last == 0 or len(raw) - i < n_last:
+        last = _CONT  # ends inside a character: the next token continues it
+    elif raw[i:] == b" ":
+        last = _SPACE_JOIN
+    else:
+        last = _char_class(raw[i:].decode("utf-8", errors="replace")[0])
+    return first, last
+
+
+@dataclass
+class WordBoundaries:
+    """Vocabulary tables for whole-word masking; picklable, no tokenizer object inside.
+
+    ``starts_word[v]``: token v always begins a word (``Ġ``-prefixed BPE token, WordPiece token
+    without ``##``, added tokens). For byte-level BPE a token also begins a word when its first
+    character's class differs from the previous token's last character's class (the GPT-2 regex
+    splits ``hello,`` into ``hello`` + ``,`` and ``abc123`` into ``abc`` + ``123``). Positions
+    right after a special token (``<s>``, ``[CLS]``, padding) always begin a word.
+    """
+    kind: str                      # "bpe" (byte-level) or "wordpiece"
+    starts_word: np.ndarray        # (V,) bool
+    first_class: np.ndarray        # (V,) int8, used for "bpe"
+    last_class: np.ndarray         # (V,) int8, used for "bpe"
+    special: np.ndarray            # (V,) bool: never masked, never a random replacement
+    mask_token_id: int
+    random_ids: np.ndarray = field(repr=False, default=None)  # ids allowed as random replacement
+    # byte-level BPE only: the raw bytes of every token and the tokenizer's pre-tokenizer (a
+    # picklable ``tokenizers`` object); when present, word splits come from the pre-tokenizer
+    token_bytes: list | None = field(repr=False, default=None)
+    pre_tokenizer: object | None = field(repr=False, default=None)
+
+    def __post_init__(self):
+        if self.kind not in ("bpe", "wordpiece"):
+            raise ValueError(f"WordBoundaries: kind must be 'bpe' or 'wordpiece', got {self.kind!r}")
+        if self.random_ids is None:
+            self.random_ids = np.flatnonzero(~self.special).astype(np.int64)
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.special.shape[0])
+
+    @classmethod
+    def from_tokenizer(cls, tok, kind: str | None = None) -> "WordBoundaries":
+        """Build the tables from a Hugging Face tokenizer (fast or slow), BERT- or RoBERTa-style.
+
+        ``kind`` is detected from the tokenizer model (BPE vs WordPiece) when not given.
+        """
+        size = len(tok)
+        tokens = tok.convert_ids_to_tokens(list(range(size)))
+        kind = kind or _detect_kind(tok, tokens)
+        special = np.zeros(size, dtype=bool)
+        special_ids = set(int(i) for i in tok.all_special_ids)
+        added = {}
+        for idx, added_tok in getattr(tok, "added_tokens_decoder", {}).items():
+            if getattr(added_tok, "special", False):
+                special_ids.add(int(idx))
+            else:
+                added[int(idx)] = added_tok
+        for i in special_ids:
+            if 0 <= i < size:
+                special[i] = True
+        if tok.mask_token_id is None:
+            raise ValueError(f"WordBoundaries: tokenizer {type(tok).__name__} has no mask token; "
+                             f"MLM needs one (e.g. '<mask>' or '[MASK]')")
+        starts = np.zeros(size, dtype=bool)
+        first = np.full(size, _CONT, dtype=np.int8)
+        last = np.full(size, _CONT, dtype=np.int8)
+        decoder = _byte_decoder() if kind == "bpe" else None
+        token_bytes = [b""] * size if kind == "bpe" else None
+        for i, t in enumerate(tokens):
+            if t is None or special[i]:
+                continue
+            if i in added:  # user-added whole tokens are split out as words of their own
+                starts[i] = True
+                first[i] = last[i] = _ADDED
+                if token_bytes is not None:
+                    token_bytes[i] = t.encode("utf-8")
+                continue
+            if kind == "wordpiece":
+                starts[i] = not t.startswith("##")
+                continue
+            raw = bytes(decoder[c] for c in t if c in decoder)
+            token_bytes[i] = raw
+            starts[i] = raw[:1] == b" "
+            first[i], last[i] = _byte_token_classes(raw)
+        pre_tokenizer = None
+        if kind == "bpe" and not added:
+            backend = getattr(tok, "backend_tokenizer", None)
+            # a normalizer could change the text between the pre-tokenizer and the tokens
+            if backend is not None and backend.normalizer is None:
+                pre_tokenizer = backend.pre_tokenizer
+        return cls(kind=kind, starts_word=starts, first_class=first, last_class=last,
+                   special=special, mask_token_id=int(tok.mask_token_id),
+                   token_bytes=token_bytes, pre_tokenizer=pre_tokenizer)
+
+    def word_index(self, ids: np.ndarray) -> np.ndarray:
+        """(L,) int: word number of each position (0, 1, ... in order), -1 on special tokens."""
+        ids = _as_index_array(ids, self.vocab_size)
+        special = self.special[ids]
+        start = self.starts_word[ids].copy()
+        if ids.size:
+            start[0] = True
+            # the first token after a special starts a word (RoBERTa's "<s>hello" has no Ġ)
+            start[1:] |= special[:-1]
+            if self.kind == "bpe":
+                prev_last = self.last_class[ids[:-1]]
+                cur_first = self.first_class[ids[1:]]
+                start[1:] |= ((cur_first != prev_last) & (cur_first != _CONT)
+                              & (prev_last != _CONT) & (prev_last != _SPACE_JOIN))
+        if self.kind == "bpe" and self.pre_tokenizer is not None:
+            self._pre_tokenizer_starts(ids, special, start)
+        start &= ~special
+        word = np.cumsum(start) - 1
+        word[special] = -1
+        return word
+
+    def _pre_tokenizer_starts(self, ids: np.ndarray, special: np.ndarray, start: np.ndarray) -> None:
+        """Overwrite ``start`` with the pre-tokenizer's word splits, one run of non-special tokens
+        at a time (the tokenizer also pre-tokenizes the text between special tokens separately)."""
+        # plain Python on purpose: sequences are short and numpy's per-call overhead dominates
+        id_list, special_list = ids.tolist(), special.tolist()
+        length, lo = len(id_list), 0
+        while lo < length:
+            if special_list[lo]:
+                lo += 1
+                continue
+            hi = lo
+            while hi < length and not special_list[hi]:
+                hi += 1
+            # run [lo, hi) of non-special positions
+            pieces = [self.token_bytes[i] for i in id_list[lo:hi]]
+            try:
+                text = b"".join(pieces).decode("utf-8")
+            except UnicodeDecodeError:
+                text = None  # not valid text (e.g. cut mid-character): keep the table rule
+            if text is not None:
+                splits = self.pre_tokenizer.pre_tokenize_str(text)
+                if text.isascii():
+                    word_starts = {s for _, (s, _) in splits}
+                else:
+                    char_byte = [0]
+                    for c in text:
+                        char_byte.append(char_byte[-1] + len(c.encode("utf-8")))
+                    word_starts = {char_byte[s] for _, (s, _) in splits}
+                offset = 0
+                for k, piece in enumerate(pieces):
+                    start[lo + k] = offset in word_starts
+                    offset += len(piece)
+                start[lo] = True
+            lo = hi
+
+
+def _detect_kind(tok, tokens) -> str:
+    backend = getattr(tok, "backend_tokenizer", None)
+    model_name = type(backend.model).__name__ if backend is not None else ""
+    if model_name == "WordPiece":
+        return "wordpiece"
+    if model_name == "BPE":
+        if any(t is not None and t.startswith("Ġ") for t in tokens):
+            return "bpe"
+        raise ValueError(f"WordBoundaries: {type(tok).__name__} is a BPE tokenizer without byte-level "
+                         f"'Ġ' word markers; only byte-level BPE and WordPiece are supported")
+    if any(t is not None and t.startswith("##") for t in tokens):
+        return "wordpiece"
+    if any(t is not None and t.startswith("Ġ") for t in tokens):
+        return "bpe"
+    raise ValueError(f"WordBoundaries: cannot tell the word-boundary convention of "
+                     f"{type(tok).__name__} (model {model_name or 'unknown'}); pass kind='bpe' or "
+                     f"kind='wordpiece'")
+
+
+def _as_index_array(ids, vocab_size: int) -> np.ndarray:
+    arr = np.asarray(ids)
+    if arr.ndim != 1:
+        raise ValueError(f"expected a 1-D sequence of token ids, got shape {arr.shape}")
+    if arr.dtype.kind not in "iu":
+        raise ValueError(f"token ids must be integers, got dtype {arr.dtype}")
+    arr = arr.astype(np.int64, copy=False)
+    if arr.size and (arr.min() < 0 or arr.max() >= vocab_size):
+        raise ValueError(f"token id out of range [0, {vocab_size}): min {arr.min()}, max {arr.max()} "
+                         f"(masker built for another tokenizer?)")
+    return arr
+
+
+class TextMasker:
+    """MLM masking of one token sequence: ``masker(ids, rng) -> (masked_ids, labels)``.
+
+    Selects ``min(max_masks, max(1, round(mask_prob * n)))`` of the ``n`` non-special tokens, in
+    units of whole words (``whole_word``) or single tokens. Each pick becomes, with probability
+    ``span_prob``, a span of ``k`` consecutive units (k drawn from ``span_lengths``) instead of
+    one unit. A pick that does not fit in the remaining budget is shortened (spans) or skipped
+    (single words), so words are never cut and the cap is never exceeded (at the cost of rarely
+    selecting a little less than the target). Selected tokens become the mask token with
+    probability ``mask_frac``, a random non-special token with ``random_frac``, else stay.
+    ``labels`` hold the original id at selected positions and ``IGNORE_INDEX`` elsewhere.
+    Special tokens (incl. padding) are never selected.
+    """
+
+    def __init__(self, boundaries: WordBoundaries, mask_prob: float, max_masks: int,
+                 span_prob: float = 0.2, span_lengths=(2, 3), whole_word: bool = True,
+                 mask_frac: float = 0.8, random_frac: float = 0.1,
+                 mask_token_id: int | None = None, vocab_size: int | None = None):
+        if not 0.0 < mask_prob <= 1.0:
+            raise ValueError(f"TextMasker: mask_prob must be in (0, 1], got {mask_prob}")
+        if max_masks < 1:
+            raise ValueError(f"TextMasker: max_masks must be >= 1, got {max_masks}")
+        if not 0.0 <= span_prob <= 1.0:
+            raise ValueError(f"TextMasker: span_prob must be in [0, 1], got {span_prob}")
+        span_lengths = tuple(int(k) for k in span_lengths)
+        if span_prob > 0 and (not span_lengths or min(span_lengths) < 1):
+            raise ValueError(f"TextMasker: span_lengths must be positive, got {span_lengths}")
+        if mask_frac < 0 or random_frac < 0 or mask_frac + random_frac > 1.0 + 1e-9:
+            raise ValueError(f"TextMasker: need mask_frac, random_frac >= 0 and their sum <= 1, "
+                             f"got {mask_frac} + {random_frac}")
+        self.boundaries = boundaries
+        self.mask_prob = float(mask_prob)
+        self.max_masks = int(max_masks)
+        self.span_prob = float(span_prob)
+        self.span_lengths = span_lengths
+        self.whole_word = bool(whole_word)
+        self.mask_frac = float(mask_frac)
+        self.random_frac = float(random_frac)
+        self.mask_token_id = int(boundaries.mask_token_id if mask_token_id is None else mask_token_id)
+        self.random_ids = boundaries.random_ids
+        if vocab_size is not None:  # model vocabulary smaller than the tokenizer's? keep in range
+            self.random_ids = self.random_ids[self.random_ids < int(vocab_size)]
+        if self.random_frac > 0 and self.random_ids.size == 0:
+            raise ValueError("TextMasker: no non-special token ids available for random replacement")
+
+    def budget(self, n_maskable: int) -> int:
+        """How many tokens a sequence with ``n_maskable`` non-special tokens should get masked."""
+        if n_maskable <= 0:
+            return 0
+        return min(self.max_masks, n_maskable, max(1, int(round(n_maskable * self.mask_prob))))
+
+    def select(self, ids, rng: np.random.Generator) -> tuple[np.ndarray, list[int]]:
+        """Choose the positions to predict. Returns ``(selected (L,) bool, picks)`` where
+        ``picks`` lists, per pick, the number of units it was drawn to cover (1 = single unit,
+        k >= 2 = span; before any shortening), for checking the span rate."""
+        ids = _as_index_array(ids, self.boundaries.vocab_size)
+        length = ids.shape[0]
+        selected = np.zeros(length, dtype=bool)
+        special = self.boundaries.special[ids]
+        budget = self.budget(int(length - special.sum()))
+        if budget == 0:
+            return selected, []
+        if self.whole_word:
+            unit_of = self.boundaries.word_index(ids)
+        else:
+            unit_of = np.where(special, -1, np.cumsum(~special) - 1)
+        maskable = unit_of >= 0
+        positions = np.flatnonzero(maskable)
+        units = unit_of[positions]
+        n_units = int(units[-1]) + 1
+        # unit u covers positions[unit_start[u]:unit_start[u+1]]
+        unit_start = np.searchsorted(units, np.arange(n_units + 1))
+        unit_len = np.diff(unit_start)
+        # units separated by a special token (e.g. </s></s> between segments) never form a span
+        first_pos = positions[unit_start[1:-1]]      # first position of units 1..n-1
+        last_pos = positions[unit_start[1:-1] - 1]   # last position of units 0..n-2
+        segment = np.concatenate([[0], np.cumsum(first_pos - last_pos > 1)])
+
+        chosen = np.zeros(n_units, dtype=bool)
+        count, picks = 0, []
+        span_draws = rng.random(n_units)
+        span_sizes = rng.choice(self.span_lengths, size=n_units) if self.span_prob > 0 else None
+        for rank, u in enumerate(rng.permutation(n_units)):
+            if count >= budget:
+                break
+            if chosen[u]:
+                continue
+            want = int(span_sizes[rank]) if self.span_prob > 0 and span_draws[rank] < self.span_prob else 1
+            end = u + 1
+            while end - u < want and end < n_units and segment[end] == segment[u] and not chosen[end]:
+                end += 1
+            size = int(unit_start[end] - unit_start[u])
+            while end > u and count + size > budget:  # shorten to fit; never cut a unit
+                end -= 1
+                size -= int(unit_len[end])
+            if end == u:
+                continue
+            picks.append(want)
+            chosen[u:end] = True
+            count += size
+        selected[positions[chosen[units]]] = True
+        return selected, picks
+
+    def __call__(self, ids, rng: np.random.Generator):
+        """Mask one 1-D sequence (numpy array or torch tensor, returned as the same kind)."""
+        is_torch = type(ids).__module__.startswith("torch")
+        arr = ids.detach().cpu().numpy() if is_torch else np.asarray(ids)
+        selected, _ = self.select(arr, rng)
+        arr = arr.astype(np.int64)
+        labels = np.full(arr.shape, IGNORE_INDEX, dtype=np.int64)
+        labels[selected] = arr[selected]
+        masked = arr.copy()
+        where = np.flatnonzero(selected)
+        if where.size:
+            draw = rng.random(where.size)
+            to_mask = where[draw < self.mask_frac]
+            to_random = where[(draw >= self.mask_frac) & (draw < self.mask_frac + self.random_frac)]
+            masked[to_mask] = self.mask_token_id
+            if to_random.size:
+                masked[to_random] = rng.choice(self.random_ids, size=to_random.size)
+        if is_torch:
+            import torch
+            return torch.from_numpy(masked), torch.from_numpy(labels)
+        return masked, labels
+
+
+def text_mlm_masker(boundaries: WordBoundaries, **overrides) -> TextMasker:
+    """Text-stream MLM of the paper: 15% of tokens, at most 20, 80/10/10, 2-3 token spans (p 0.2)."""
+    return TextMasker(boundaries, **{**TEXT_MLM, **overrides})
+
+
+def fusion_mlm_masker(boundaries: WordBoundaries, **overrides) -> TextMasker:
+    """Caption MLM through the fusion encoder: 50% of tokens, at most 15."""
+    return TextMasker(boundaries, **{**FUSION_MLM, **overrides})
+
+
+# ---------------------------------------------------------------------------------------------
+# image: BEiT block-wise masking, exact count
+
+
+class BlockMasker:
+    """BEiT block-wise masking on a ``grid x grid`` patch grid with exactly ``num_masks`` patches.
+
+    The mask is a union of axis-aligned rectangles ("blocks"), each of area >= ``min_block`` and
+    height/width ratio within ``aspect``. Like BEiT, rectangles of random area and aspect are
+    dropped at random places while they add patches without overshooting. BEiT then stops and may
+    return fewer patches; here the last rectangle is chosen among all allowed rectangles that add
+    exactly the missing number (it may overlap earlier blocks), and a draw that cannot be
+    finished is restarted. The constructor checks that the target is reachable at all.
+    ``masker(rng) -> (grid*grid,) bool``, row-major (patch index = row * grid + col).
+    """
+
+    def __init__(self, grid: int, num_masks: int, min_block: int = 16, aspect=(0.3, 1 / 0.3),
+                 max_block: int | None = None, attempts: int = 10, restarts: int = 64):
+        if grid < 1:
+            raise ValueError(f"BlockMasker: grid must be >= 1, got {grid}")
+        if not 0 <= num_masks <= grid * grid:
+            raise ValueError(f"BlockMasker: num_masks must be in [0, {grid * grid}] for a {grid}x{grid} "
+                             f"grid, got {num_masks}")
+        if num_masks and not 1 <= min_block <= num_masks:
+            raise ValueError(f"BlockMasker: min_block must be in [1, num_masks={num_masks}], "
+                             f"got {min_block}")
+        lo, hi = float(aspect[0]), float(aspect[1])
+        if not 0 < lo <= hi:
+            raise ValueError(f"BlockMasker: aspect must be (low, high) with 0 < low <= high, got {aspect}")
+        self.grid, self.num_masks, self.min_block = int(grid), int(num_masks), int(min_block)
+        self.max_block = int(max_block) if max_block is not None else self.num_masks
+        self.log_aspect = (math.log(lo), math.log(hi))
+        self.attempts, self.restarts = int(attempts), int(restarts)
+        eps = 1e-9
+        self.shapes = [(h, w) for h in range(1, grid + 1) for w in range(1, grid + 1)
+                       if self.min_block <= h * w <= max(self.max_block, self.min_block)
+                       and lo - eps <= h / w <= hi + eps]
+        self._shape_set = frozenset(self.shapes)
+        if num_masks and not self.shapes:
+            raise ValueError(f"BlockMasker: no rectangle of area >= {min_block} with aspect in "
+                             f"{aspect} fits a {grid}x{grid} grid")
+        # feasibility probe (fixed seed); its result is also the fallback pattern
+        self._fallback = None
+        if num_masks:
+            probe = np.random.default_rng(0)
+            for _ in range(max(self.restarts, 256)):
+                found = self._draw(probe)
+                if found is not None:
+                    self._fallback = found
+                    break
+            if self._fallback is None:
+                raise ValueError(
+                    f"BlockMasker: could not place exactly {num_masks} masked patches as blocks of "
+                    f">= {min_block} patches (aspect {lo:.2f}-{hi:.2f}) on a {grid}x{grid} grid; "
+                    f"choose another num_masks or min_block")
+
+    def __repr__(self):
+        return (f"BlockMasker(grid={self.grid}, num_masks={self.num_masks}, "
+                f"min_block={self.min_block}, aspect=({math.exp(self.log_aspect[0]):.3g}, "
+                f"{math.exp(self.log_aspect[1]):.3g}))")
+
+    def __call__(self, rng: np.random.Generator) -> np.ndarray:
+        if self.num_masks == 0:
+            return np.zeros(self.grid * self.grid, dtype=bool)
+        for _ in range(self.restarts):
+            mask = self._draw(rng)
+            if mask is not None:
+                return mask.reshape(-1)
+        # practically unreachable; a flipped / transposed copy of the probe's valid mask is still
+        # a union of allowed blocks (the aspect range is symmetric under transposition)
+        mask = self._fallback
+        if rng.random() < 0.5 and math.isclose(self.log_aspect[0], -self.log_aspect[1]):
+            mask = mask.T
+        if rng.random() < 0.5:
+            mask = mask[::-1]
+        if rng.random() < 0.5:
+            mask = mask[:, ::-1]
+        return np.ascontiguousarray(mask).reshape(-1)
+
+    def _draw(self, rng: np.random.Generator) -> np.ndarray | None:
+        g = self.grid
+        mask = np.zeros((g, g), dtype=bool)
+        count = 0
+        # phase 1: BEiT's random blocks
+        while self.num_masks - count >= self.min_block:
+            remaining = self.num_masks - count
+            added = 0
+            for _ in range(self.attempts):
+                target = rng.uniform(self.min_block, max(self.min_block, min(remaining, self.max_block)))
+                ratio = math.exp(rng.uniform(*self.log_aspect))
+                h = int(round(math.sqrt(target * ratio)))
+                w = int(round(math.sqrt(target / ratio)))
+                if (h, w) not in self._shape_set or h > g or w > g:
+                    continue
+                top = int(rng.integers(0, g - h + 1))
+                left = int(rng.integers(0, g - w + 1))
+                new = h * w - int(mask[top:top + h, left:left + w].sum())
+                if 0 < new <= remaining:
+                    mask[top:top + h, left:left + w] = True
+                    added = new
+                    break
+            if added == 0:
+                break
+            count += added
+        # phase 2: one rectangle adding exactly what is missing
+        remaining = self.num_masks - count
+        if remaining == 0:
+            return mask
+        top, left, h, w = self._exact_block(mask, remaining, rng)
+        if h == 0:
+            return None
+        mask[top:top + h, left:left + w] = True
+        return mask
+
+    def _exact_block(self, mask: np.ndarray, remaining: int, rng) -> tuple[int, int, int, int]:
+        """A uniformly chosen allowed rectangle with exactly ``remaining`` unmasked patches."""
+        g = self.grid
+        free = np.zeros((g + 1, g + 1), dtype=np.int32)
+        free[1:, 1:] = np.cumsum(np.cumsum(~mask, axis=0), axis=1)
+        candidates = []
+        for h, w in self.shapes:
+            new = free[h:, w:] - free[:-h or None, w:] - free[h:, :-w or None] + free[:-h or None, :-w or None]
+            tops, lefts = np.nonzero(new == remaining)
+            if tops.size:
+                candidates.append((h, w, tops, lefts))
+        total = sum(c[2].size for c in candidates)
+        if total == 0:
+            return 0, 0, 0, 0
+        pick = int(rng.integers(total))
+        for h, w, tops, lefts in candidates:
+            if pick < tops.size:
+                return int(tops[pick]), int(lefts[pick]), h, w
+            pick -= tops.size
+        raise AssertionError("unreachable")
+
+
+# BEiT's setting for 224 px / patch 16: 75 of 196 patches, blocks of at least 16
+BEIT_GRID, BEIT_NUM_MASKS, BEIT_MIN_BLOCK = 14, 75, 16
+
+
+def block_masker_for(grid: int, ratio: float = BEIT_NUM_MASKS / BEIT_GRID ** 2,
+                     min_block: int | None = None, **kwargs) -> BlockMasker:
+    """BlockMasker scaled to any grid: ``round(ratio * grid^2)`` patches, and by default a minimum
+    block that keeps BEiT's block-to-image area ratio (16/196) but is never below 2x2 patches
+    (nor above the mask count), so a 4x4 grid masks 6 patches in blocks of >= 4; the 14x14
+    grid gives BEiT's 75 / 16."""
+    num = int(round(ratio * grid * grid))
+    if min_block is None:
+        scaled = int(round(BEIT_MIN_BLOCK * grid * grid / BEIT_GRID ** 2))
+        min_block = max(1, min(num, max(4, scaled)))
+    return BlockMasker(grid, num, min_block=min_block, **kwargs)
