@@ -148,11 +148,13 @@ def main(argv=None):
 
         print(f"{n:>7} | {cell(plain)} | {cell(fused)}", flush=True)
 
-    ok = [r for r in records if r["impl"] == "plain" and r["status"] == "ok" and r["n"] >= 2048]
+    ok = [r for r in records if r["impl"] == "plain" and r["status"] == "ok"]
     if ok:
-        per_n2 = max(r["op_peak_gb"] * GiB / r["n"] ** 2 for r in ok)
+        # the largest measured point: small N is dominated by fixed overheads, not the N^2 terms
+        big_plain = max(ok, key=lambda r: r["n"])
+        per_n2 = big_plain["op_peak_gb"] * GiB / big_plain["n"] ** 2
         limit_n = int((args.machine_gb * GiB / per_n2) ** 0.5)
-        print(f"plain loss: {per_n2:.1f} bytes per N^2 at peak (largest measured ratio) -> exceeds "
+        print(f"plain loss: {per_n2:.1f} bytes per N^2 at peak (measured at N={big_plain['n']}) -> exceeds "
               f"{args.machine_gb:g} GB from N ~ {limit_n}; at N=65536 it would need "
               f"{per_n2 * 65536 ** 2 / GiB:.0f} GB", flush=True)
         fused_ok = [r for r in records if r["impl"] == "fused" and r["status"] == "ok"]

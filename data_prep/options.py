@@ -44,7 +44,7 @@ class ShardOptions:
     # pairs (Karpathy JSON)
     splits: str = "train,restval"
     # regions
-    box_frame: str = "raw"
+    box_frame: str = "auto"              # auto | raw | oriented (see process.box_frame)
     box_tolerance: float = 2.0
     # text
     text_field: str = "text"
@@ -72,8 +72,8 @@ class ShardOptions:
             raise ValueError("--quality must be in 1..100")
         if not 0.0 <= self.max_bad_fraction <= 1.0:
             raise ValueError("--max-bad-fraction must be in [0, 1]")
-        if self.box_frame not in ("raw", "oriented"):
-            raise ValueError("--box-frame must be raw or oriented")
+        if self.box_frame not in ("auto", "raw", "oriented"):
+            raise ValueError("--box-frame must be auto, raw or oriented")
         if self.doc_sep not in ("auto", "line", "blank"):
             raise ValueError("--doc-sep must be auto, line or blank")
 

@@ -65,6 +65,17 @@ def run(kind: str, inputs, out: str, opts: ShardOptions, log=_log) -> dict:
     class_map = None
     if kind == "images":
         class_map = class_folders.class_map([f.path for f in files], opts.classes)
+    # Streaming readers (JSON lines, CSV, text) are read through once before any work: a
+    # malformed line fails the run before anything is written, and the bar gets a total.
+    streams, total = [], 0
+    for item in files:
+        stream = formats.read(item, opts, class_map)
+        if hasattr(stream, "__len__"):
+            total += len(stream)
+        else:
+            total += sum(1 for _ in stream)
+            stream = formats.read(item, opts, class_map)
+        streams.append(stream)
     input_fp = formats.fingerprint(files)
     os.makedirs(out, exist_ok=True)
     writer = ShardWriter(out, kind, opts.shard_samples, opts.shard_bytes,
@@ -77,8 +88,6 @@ def run(kind: str, inputs, out: str, opts: ShardOptions, log=_log) -> dict:
         atomic_write_bytes(os.path.join(out, "classes.json"),
                            (json.dumps(class_map, indent=1, sort_keys=True) + "\n").encode())
 
-    streams = [formats.read(f, opts, class_map) for f in files]
-    total = sum(len(s) for s in streams) if all(hasattr(s, "__len__") for s in streams) else None
     records = itertools.islice(itertools.chain.from_iterable(streams), start[0], None)
     bar = tqdm(total=total, initial=start[0], unit="rec", desc=f"xfm-prep {kind}",
                disable=not opts.progress, mininterval=1.0, file=sys.stderr)

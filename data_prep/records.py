@@ -54,6 +54,7 @@ class Record:
     captions: list = field(default_factory=list)
     regions: list = field(default_factory=list)
     caption: str | None = None
+    declared_size: tuple | None = None   # (width, height) the annotation says the image has
     label: int | None = None
     text: str | None = None
     rejection: Rejection | None = None   # reader already knows this item is bad

@@ -84,9 +84,10 @@ def add_parser(subparsers):
             p.add_argument("--splits", default="train,restval",
                            help="Karpathy splits to use, comma separated, or 'all'")
         if kind == "regions":
-            p.add_argument("--box-frame", choices=("raw", "oriented"), default="raw",
-                           help="boxes refer to the file's pixel array (raw: COCO/VG) or to the "
-                           "EXIF-rotated image")
+            p.add_argument("--box-frame", choices=("auto", "raw", "oriented"), default="auto",
+                           help="boxes refer to the file's pixel array (raw) or to the EXIF-rotated "
+                           "image (oriented); auto: whichever the annotation's declared image size "
+                           "matches, raw when it does not say")
             p.add_argument("--box-tolerance", type=float, default=2.0,
                            help="pixels a box may overhang the image and be clipped (else "
                            "rejected)")

@@ -92,7 +92,9 @@ class ShardWriter:
             with open(run_file, encoding="utf-8") as f:
                 previous = json.load(f)
         same = previous == {"kind": self.kind, "fingerprint": self.fingerprint}
-        if not same and not overwrite and (previous is not None or self._existing_outputs()):
+        # a different run's finished shards are never replaced silently; a different run that
+        # wrote nothing (e.g. it stopped on a malformed input file, since fixed) is just restarted
+        if not same and not overwrite and self._existing_outputs():
             raise OutputDirError(
                 f"{self.out} already holds output of a different run (other inputs or options). "
                 f"Use a new --out, or --overwrite to replace it.")

@@ -28,6 +28,7 @@ from .triton_common import (
     acc_dtype,
     device_reason,
     dtype_reason,
+    launch_device,
     mm,
     pick_block,
     upcast_dot,
@@ -237,13 +238,14 @@ class _TritonAttention(torch.autograd.Function):
         lse = torch.empty((B * H, Lq), device=q.device, dtype=acc_t)
         m_arg = mask if mask is not None else q  # any pointer; never read without HAS_MASK
         grid = (triton.cdiv(Lq, block_m), B * H)
-        _attn_fwd[grid](
-            q, k, v, m_arg, out, lse,
-            *q.stride(), *k.stride(), *v.stride(), *_mask_strides(mask, (B, H, Lq, Lk)), *out.stride(),
-            H, Lq, Lk, D, scale,
-            HAS_MASK=mask is not None, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
-            ACC=acc_dtype(q.dtype), UPCAST=upcast_dot(q.dtype), num_warps=4,
-        )
+        with launch_device(q):
+            _attn_fwd[grid](
+                q, k, v, m_arg, out, lse,
+                *q.stride(), *k.stride(), *v.stride(), *_mask_strides(mask, (B, H, Lq, Lk)), *out.stride(),
+                H, Lq, Lk, D, scale,
+                HAS_MASK=mask is not None, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
+                ACC=acc_dtype(q.dtype), UPCAST=upcast_dot(q.dtype), num_warps=4,
+            )
         ctx.save_for_backward(q, k, v, mask, out, lse)
         ctx.scale = scale
         ctx.blocks = (block_m, block_n, block_d)
@@ -271,9 +273,10 @@ class _TritonAttention(torch.autograd.Function):
         )
         meta = dict(HAS_MASK=mask is not None, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
                     ACC=acc_dtype(q.dtype), UPCAST=upcast_dot(q.dtype), num_warps=4)
-        _attn_bwd_dkdv[(triton.cdiv(Lk, block_n), B * H)](q, k, v, m_arg, dout, lse, delta, dk, dv, *common, **meta)
-        _attn_bwd_dq[(triton.cdiv(Lq, block_m), B * H)](q, k, v, m_arg, dout, lse, delta, dq, ds, *common,
-                                                       STORE_DS=mask_grad, **meta)
+        with launch_device(q):
+            _attn_bwd_dkdv[(triton.cdiv(Lk, block_n), B * H)](q, k, v, m_arg, dout, lse, delta, dk, dv, *common, **meta)
+            _attn_bwd_dq[(triton.cdiv(Lq, block_m), B * H)](q, k, v, m_arg, dout, lse, delta, dq, ds, *common,
+                                                           STORE_DS=mask_grad, **meta)
         dmask = ds.sum_to_size(mask.shape).to(mask.dtype) if mask_grad else None
         return dq, dk, dv, dmask, None
 

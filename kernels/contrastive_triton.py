@@ -31,6 +31,7 @@ from .triton_common import (
     acc_dtype,
     device_reason,
     dtype_reason,
+    launch_device,
     mm,
     pick_block,
     upcast_dot,
@@ -142,14 +143,15 @@ class _TritonContrastive(torch.autograd.Function):
         acc_t = torch.float64 if image_feat.dtype == torch.float64 else torch.float32
         bm, bn, bd = _blocks(n, d, image_feat.dtype)
         meta = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, ACC=acc_dtype(image_feat.dtype),
-                    UPCAST=upcast_dot(image_feat.dtype), num_warps=4)
+                    UPCAST=upcast_dot(image_feat.dtype), num_warps=8 if bd >= 256 else 4)
         grid = (triton.cdiv(n, bm),)
         stats = torch.empty((6, n), device=image_feat.device, dtype=acc_t)
         lse_r, pos_r, cnt, lse_c, pos_c, cnt_c = stats.unbind(0)
-        _row_lse_pos[grid](image_feat, text_feat, ids, ids, temp, lse_r, pos_r, cnt, n, d,
-                           *image_feat.stride(), *text_feat.stride(), **meta)
-        _row_lse_pos[grid](text_feat, image_feat, ids, ids, temp, lse_c, pos_c, cnt_c, n, d,
-                           *text_feat.stride(), *image_feat.stride(), **meta)
+        with launch_device(image_feat):
+            _row_lse_pos[grid](image_feat, text_feat, ids, ids, temp, lse_r, pos_r, cnt, n, d,
+                               *image_feat.stride(), *text_feat.stride(), **meta)
+            _row_lse_pos[grid](text_feat, image_feat, ids, ids, temp, lse_c, pos_c, cnt_c, n, d,
+                               *text_feat.stride(), *image_feat.stride(), **meta)
         loss = ((lse_r - pos_r).mean() + (lse_c - pos_c).mean()) / 2
         ctx.save_for_backward(image_feat, text_feat, temp, ids, lse_r, lse_c, cnt)
         ctx.meta = meta
@@ -165,10 +167,11 @@ class _TritonContrastive(torch.autograd.Function):
         d_img = torch.empty((n, d), device=image_feat.device, dtype=acc_t)
         d_txt = torch.empty((n, d), device=image_feat.device, dtype=acc_t)
         gs = torch.empty((2, n), device=image_feat.device, dtype=acc_t)
-        _row_grad[grid](image_feat, text_feat, ids, ids, temp, lse_r, lse_c, cnt, cnt, d_img, gs[0], n, d,
-                        *image_feat.stride(), *text_feat.stride(), **meta)
-        _row_grad[grid](text_feat, image_feat, ids, ids, temp, lse_c, lse_r, cnt, cnt, d_txt, gs[1], n, d,
-                        *text_feat.stride(), *image_feat.stride(), **meta)
+        with launch_device(image_feat):
+            _row_grad[grid](image_feat, text_feat, ids, ids, temp, lse_r, lse_c, cnt, cnt, d_img, gs[0], n, d,
+                            *image_feat.stride(), *text_feat.stride(), **meta)
+            _row_grad[grid](text_feat, image_feat, ids, ids, temp, lse_c, lse_r, cnt, cnt, d_txt, gs[1], n, d,
+                            *text_feat.stride(), *image_feat.stride(), **meta)
         # G = g/(2N) * G'; the kernels computed with G'.
         factor = grad_loss.to(acc_t) / (2 * n)
         d_img = (d_img * factor).to(image_feat.dtype) if ctx.needs_input_grad[0] else None

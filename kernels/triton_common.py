@@ -8,6 +8,7 @@ environment when this package imported triton, not the environment at call time.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -87,3 +88,8 @@ def pick_block(length: int, cap: int) -> int:
     plus a per-tile overhead of 16 rows, so 30 tokens -> 32, 197 tokens -> 64 (not 128)."""
     candidates = [b for b in (16, 32, 64, 128) if b <= cap]
     return min(candidates, key=lambda b: (triton.cdiv(length, b) * (b + 16), -b))
+
+
+def launch_device(t: torch.Tensor):
+    """Triton launches on the current CUDA device and stream: make that the tensor's device."""
+    return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()

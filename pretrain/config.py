@@ -26,7 +26,9 @@ class ModelSection:
     size: str = "tiny"
     config_path: Optional[str] = None  # a ModelConfig YAML; wins over ``size``
     overrides: dict[str, Any] = field(default_factory=dict)  # e.g. {vision: {drop_path: 0.0}}
-    init_from: Optional[str] = None  # anything XFM.from_pretrained reads; loaded rank 0 -> shards
+    # checkpoints applied in order before training (RoBERTa dir, BEiT-v2 file, X-FM dir/.th):
+    # whatever xfm.checkpoint.load_into reads; keys they do not cover keep their random init
+    init_from: list[str] = field(default_factory=list)
 
     def build(self) -> ModelConfig:
         if self.config_path:

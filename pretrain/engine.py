@@ -173,14 +173,35 @@ def _init_weights_gathered(model: nn.Module) -> None:
         model.reset_buffers()
 
 
-def build_model(model_factory: Callable[[], nn.Module], ds_config: dict, zero_stage: int) -> nn.Module:
+@contextlib.contextmanager
+def _deferred_init_weights(classes):
+    """Make ``init_weights`` a no-op on ``classes`` while they are built under ``zero.Init``:
+    their ``__init__`` ends with ``self.init_weights()``, which would write into parameters that
+    are already partitioned (empty). ``_init_weights_gathered`` runs it properly afterwards."""
+    saved = [(c, c.__dict__.get("init_weights")) for c in classes]
+    for c, _ in saved:
+        c.init_weights = lambda self: None
+    try:
+        yield
+    finally:
+        for c, fn in saved:
+            if fn is None:
+                del c.init_weights
+            else:
+                c.init_weights = fn
+
+
+def build_model(model_factory: Callable[[], nn.Module], ds_config: dict, zero_stage: int,
+                deferred_init=()) -> nn.Module:
     """Construct the model; under ZeRO-3 each parameter is partitioned as soon as its module's
-    ``__init__`` returns, so peak memory per rank is a slice of the model plus one layer."""
+    ``__init__`` returns, so peak memory per rank is a slice of the model plus one layer.
+    ``deferred_init``: model classes whose constructor calls ``init_weights()``."""
     import deepspeed
 
     if zero_stage != 3:
         return model_factory()
-    with _scalar_params_zero_init(), deepspeed.zero.Init(config_dict_or_path=ds_config):
+    with _scalar_params_zero_init(), _deferred_init_weights(deferred_init), \
+            deepspeed.zero.Init(config_dict_or_path=ds_config):
         model = model_factory()
     _init_weights_gathered(model)
     return model

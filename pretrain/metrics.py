@@ -52,6 +52,7 @@ class IntervalStats:
         self.samples = defaultdict(int)
         self.tokens = defaultdict(int)
         self.data_wait = 0.0
+        self.region_rows_dropped = 0
         self.grad_norm = {}
 
     def add_losses(self, values: dict[str, float]):

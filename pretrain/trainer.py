@@ -13,6 +13,7 @@ import random
 import signal
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -82,51 +83,97 @@ def _default_streams_factory(cfg: PretrainConfig, info: DistInfo, streams: list[
     return StreamSet(cfg.data, rank=info.rank, world_size=info.world_size, seed=cfg.seed, streams=streams)
 
 
-def _init_from(model, path: str, rank: int) -> None:
-    """Load full weights into the (partitioned) model: rank 0 reads them, shapes are broadcast so
-    every rank joins the same GatheredParameters calls, buffers are sent to every rank."""
+def _init_from(model, model_cfg, paths: list[str], rank: int) -> None:
+    """Initialise the (partitioned) model from checkpoints (a RoBERTa dir, a BEiT-v2 file, an
+    X-FM dir or ``.th``; several are applied in order): rank 0 builds one full copy in host
+    memory, fills it with ``xfm.checkpoint.load_into`` and the partitioned model is written from
+    it module by module; parameter shapes are broadcast so every rank joins the same gathers,
+    buffers are sent whole. No accelerator ever holds the whole model."""
     state = None
     if rank == 0:
+        from xfm.checkpoint import load_into
         from xfm.model import XFM
 
-        state = XFM.from_pretrained(path).state_dict()
+        host = XFM(model_cfg)
+        for path in paths:
+            load_into(host, path)
+        state = host.state_dict()
+        del host
     if dist.is_initialized() and dist.get_world_size() > 1:
         param_names = {n for n, _ in model.named_parameters(remove_duplicate=False)}
         obj = [None]
         if rank == 0:
-            obj = [{k: (v if k not in param_names else torch.empty(0).new_empty(v.shape, device="meta"))
-                    for k, v in state.items()}]
+            obj = [{k: (("shape", tuple(v.shape)) if k in param_names else v) for k, v in state.items()}]
         dist.broadcast_object_list(obj, src=0)
         if rank != 0:
-            state = {k: (torch.zeros(v.shape) if v.device.type == "meta" else v) for k, v in obj[0].items()}
-    missing = load_full_state_dict(model, state, rank, strict=True)
+            state = {k: (torch.zeros(v[1]) if isinstance(v, tuple) else v) for k, v in obj[0].items()}
+    missing = load_full_state_dict(model, state, rank, strict=False)
     if missing:
-        raise ValueError(f"model.init_from {path}: {len(missing)} missing key(s), e.g. {missing[:5]}")
-
-
-def _apply_activation_checkpointing(model_cfg, encoders: list[str]):
-    """The model config has one switch; per-encoder flags are set on the built model below."""
-    if encoders:
-        model_cfg.grad_checkpointing = True
-    return model_cfg
+        raise ValueError(f"model.init_from {paths}: {len(missing)} key(s) missing, e.g. {missing[:5]}")
 
 
 def _set_encoder_checkpointing(model, encoders: list[str]) -> None:
-    for name in ("text", "vision", "fusion"):
-        enc = getattr(model, name, None)
-        if enc is not None and hasattr(enc, "grad_checkpointing"):
-            enc.grad_checkpointing = name in encoders
+    """Activation checkpointing per encoder (the model's own switch covers all three)."""
+    targets = {"text": getattr(getattr(model, "text", None), "encoder", None),
+               "fusion": getattr(getattr(model, "fusion", None), "encoder", None),
+               "vision": getattr(model, "vision", None)}
+    for name, mod in targets.items():
+        if mod is not None and hasattr(mod, "grad_checkpointing"):
+            mod.grad_checkpointing = name in encoders
+
+
+REGION_ROW_KEYS = ("text_ids", "text_mask", "text_ids_masked", "mlm_labels", "region_image_index",
+                   "region_patch_mask", "region_boxes", "is_whole_image")
+
+
+def equalize_region_rows(batch: dict, device) -> tuple[dict, int]:
+    """Cut a regions batch to the smallest row count of any rank (collective).
+
+    Region ITC/ITM all-gather one feature row per region, and ``xfm.distributed`` needs the same
+    shape on every rank, but the number of region rows per image varies with the picture. Until
+    the gather pads variable sizes, the extra rows of the larger batches are dropped here (the
+    count goes to the logs as ``data/region_rows_dropped``)."""
+    rows = int(batch["text_ids"].shape[0])
+    t = torch.tensor([rows], dtype=torch.int64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    keep = int(t.item())
+    if keep == rows:
+        return batch, 0
+    out = dict(batch)
+    for k in REGION_ROW_KEYS:
+        if k in out:
+            out[k] = out[k][:keep]
+    return out, rows - keep
 
 
 def _next_batch(streams, name: str) -> dict:
     return streams.next(name) if hasattr(streams, "next") else next(streams[name])
 
 
-def train(cfg: PretrainConfig, resume: bool = False, *,
-          model_factory: Optional[Callable] = None,
-          streams_factory: Optional[Callable] = None,
-          stream_losses: Optional[dict] = None) -> dict:
-    """Run (or resume) a pretraining run; returns a summary dict (rank-local)."""
+@dataclass
+class Run:
+    """Everything a started run holds (what ``train`` loops over; also used by tests/tools)."""
+
+    cfg: PretrainConfig
+    info: DistInfo
+    device: torch.device
+    run_dir: Path
+    ckpt_dir: Path
+    model_cfg: object
+    model: torch.nn.Module
+    engine: object
+    streams: object
+    step: int
+    temp_param: Optional[torch.nn.Parameter]
+
+
+def setup_run(cfg: PretrainConfig, resume: bool = False, *,
+              model_factory: Optional[Callable] = None,
+              streams_factory: Optional[Callable] = None,
+              stream_losses: Optional[dict] = None,
+              write_config: bool = True) -> Run:
+    """Process group, model under zero.Init, engine, streams; restores the latest checkpoint
+    when ``resume``. Collective: every rank calls it."""
     set_deterministic(cfg.deterministic)
     info = init_distributed(cfg.engine.backend, cfg.engine.dist_timeout_s)
     rank, world = info.rank, info.world_size
@@ -141,8 +188,8 @@ def train(cfg: PretrainConfig, resume: bool = False, *,
     if missing_data:
         raise ValueError(f"streams.step_groups names {missing_data}, but data.{missing_data[0]} is not configured")
 
-    model_cfg = _apply_activation_checkpointing(cfg.model.build(), cfg.engine.activation_checkpointing)
-    if rank == 0:
+    model_cfg = cfg.model.build()
+    if rank == 0 and write_config:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
         save_config(model_cfg, run_dir / "model_config.yaml")
@@ -151,13 +198,18 @@ def train(cfg: PretrainConfig, resume: bool = False, *,
     # identical init on every rank (zero.Init also broadcasts from rank 0), then per-rank seeds
     seed_everything(cfg.seed)
     factory = model_factory(model_cfg) if model_factory else _default_model_factory(model_cfg)
-    model = build_model(factory, ds_config, cfg.engine.zero_stage)
+    deferred = ()
+    if model_factory is None:
+        from xfm.model import XFM
+
+        deferred = (XFM,)
+    model = build_model(factory, ds_config, cfg.engine.zero_stage, deferred_init=deferred)
     _set_encoder_checkpointing(model, cfg.engine.activation_checkpointing)
-    if cfg.model.init_from:
-        _init_from(model, cfg.model.init_from, rank)
+    if cfg.model.init_from and not resume:
+        _init_from(model, model_cfg, cfg.model.init_from, rank)
     seed_everything(cfg.seed + 1000003 * rank)
     wrapper = PretrainWrapper(model, cfg.streams.loss_weights, stream_losses)
-    engine, optimizer = initialize(wrapper, model, cfg, ds_config)
+    engine, _ = initialize(wrapper, model, cfg, ds_config)
     temp_param = dict(model.named_parameters()).get(TEMP_PARAM)
 
     streams = (streams_factory or _default_streams_factory)(cfg, info, stream_names)
@@ -167,6 +219,20 @@ def train(cfg: PretrainConfig, resume: bool = False, *,
             raise FileNotFoundError(f"--resume: no checkpoint in {ckpt_dir}")
         step, streams_state = checkpointing.load(engine, ckpt_dir)
         streams.load_state_dict(streams_state)
+    return Run(cfg, info, device, run_dir, ckpt_dir, model_cfg, model, engine, streams, step, temp_param)
+
+
+def train(cfg: PretrainConfig, resume: bool = False, *,
+          model_factory: Optional[Callable] = None,
+          streams_factory: Optional[Callable] = None,
+          stream_losses: Optional[dict] = None) -> dict:
+    """Run (or resume) a pretraining run; returns a summary dict (rank-local)."""
+    run = setup_run(cfg, resume, model_factory=model_factory, streams_factory=streams_factory,
+                    stream_losses=stream_losses)
+    info, device, run_dir, ckpt_dir = run.info, run.device, run.run_dir, run.ckpt_dir
+    model_cfg, model, engine, streams, step = run.model_cfg, run.model, run.engine, run.streams, run.step
+    temp_param = run.temp_param
+    rank, world = info.rank, info.world_size
 
     report = partition_report(model)
     (run_dir / "partitions").mkdir(parents=True, exist_ok=True) if rank == 0 else None
@@ -218,6 +284,9 @@ def train(cfg: PretrainConfig, resume: bool = False, *,
                     stats.samples[stream] += batch_size(stream, batch)
                     stats.tokens[stream] += batch_tokens(stream, batch, num_patches)
                     batch = _to_device(batch, device)
+                    if stream == "regions" and world > 1:
+                        batch, dropped = equalize_region_rows(batch, device)
+                        stats.region_rows_dropped += dropped
                     gen = torch.Generator(device=device).manual_seed(
                         step_seed(cfg.seed, step * cfg.engine.grad_accum + micro, rank, STREAMS.index(stream)))
                     ctx = LossContext(group=None, world_size=world, rank=rank, generator=gen)
@@ -264,6 +333,8 @@ def train(cfg: PretrainConfig, resume: bool = False, *,
         if not stopped_by:
             writer.event(event="end", step=step)
         writer.close()
+    if hasattr(streams, "close"):
+        streams.close()  # stop loader workers before the process group goes away
     return {"step": step, "stopped_by": stopped_by, "rank": rank, "world_size": world,
             "checkpoint_dir": str(ckpt_dir)}
 
@@ -275,7 +346,7 @@ def _log(stats: IntervalStats, writer, step, lr, temp, world, t_step, streams, r
     local = {"losses": {k: v / n for k, v in stats.losses.items()},
              "data_wait": stats.data_wait / n, "mem": memory_mb(),
              "samples": dict(stats.samples), "tokens": dict(stats.tokens),
-             "counters": _numeric_counters(streams)}
+             "counters": {**_numeric_counters(streams), "region_rows_dropped": stats.region_rows_dropped}}
     gathered = [local]
     if dist.is_initialized() and world > 1:
         gathered = [None] * world

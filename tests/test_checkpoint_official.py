@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -24,9 +25,9 @@ from xfm.checkpoint import (CheckpointError, load_official_state_dict, official_
 from xfm.model import XFM
 from xfm.model_config import model_config
 
-REFDATA = Path(__file__).resolve().parents[2] / "shared" / "refdata"
-if not REFDATA.is_dir():  # the repository may be checked out elsewhere than /work/main
-    REFDATA = Path("/work/shared/refdata")
+# the key tables: $XFM_REFDATA, else a copy in tests/data/, else ../shared/refdata beside the repo
+_REFDATA_DIRS = [os.environ.get("XFM_REFDATA", ""), Path(__file__).parent / "data",
+                 Path(__file__).resolve().parents[2] / "shared" / "refdata"]
 
 # what the adapter may leave out of an official checkpoint, and nothing else (XFM_METHOD.md)
 DOCUMENTED_UNUSED = (
@@ -40,7 +41,11 @@ DOCUMENTED_UNUSED = (
 
 
 def layout(size: str) -> list:
-    return json.loads((REFDATA / f"xfm_official_keys_{size}.json").read_text())
+    name = f"xfm_official_keys_{size}.json"
+    for d in _REFDATA_DIRS:
+        if d and (Path(d) / name).is_file():
+            return json.loads((Path(d) / name).read_text())
+    raise FileNotFoundError(f"{name} not found in {[str(d) for d in _REFDATA_DIRS if d]} (set XFM_REFDATA)")
 
 
 def official_state_dict(rows, *, meta: bool = False, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -171,7 +176,7 @@ def test_language_encoder_matches_hf_roberta(tiny_official, tiny_loaded):
         want = ref(input_ids=ids, attention_mask=mask).last_hidden_state
         got = tiny_loaded.encode_text(ids, mask)
         logits = tiny_loaded.text_mlm_logits(got)
-    torch.testing.assert_close(got[mask.bool()], want[mask.bool()], atol=1e-5, rtol=0)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)  # padded rows included
     # the RoBERTa LM head, written out: dense -> GELU -> LayerNorm -> tied decoder + bias
     h = F.gelu(F.linear(want, sd["text_encoder.lm_head.dense.weight"], sd["text_encoder.lm_head.dense.bias"]))
     h = F.layer_norm(h, (64,), sd["text_encoder.lm_head.layer_norm.weight"],
@@ -194,6 +199,18 @@ def test_vision_encoder_matches_timm_beit(tiny_official, tiny_loaded):
         got = tiny_loaded.encode_image(pixels)
     torch.testing.assert_close(got[:, 1:], patches, atol=1e-5, rtol=0)
     torch.testing.assert_close(got[:, 0], patches.mean(1), atol=1e-5, rtol=0)
+    # MIM: the official mask token replaces the chosen patch embeddings before CLS is prepended
+    masked = torch.zeros(3, 16, dtype=torch.bool)
+    masked[0, :5], masked[1, 3::2], masked[2, 10:] = True, True, True
+    with torch.no_grad():
+        x = ref.patch_embed(pixels)
+        x = torch.where(masked[..., None], sd["vision_encoder.mask_token"].expand_as(x), x)
+        x = torch.cat((ref.cls_token.expand(3, -1, -1), x), dim=1)
+        for blk in ref.blocks:
+            x = blk(x)
+        want = ref.fc_norm(x[:, 1:])
+        got = tiny_loaded.encode_image(pixels, mask_patches=masked)
+    torch.testing.assert_close(got[:, 1:], want, atol=1e-5, rtol=0)
 
 
 def official_fusion_reference(sd, text_states, text_mask, image_states, image_mask, heads=4):

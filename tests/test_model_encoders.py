@@ -207,8 +207,18 @@ def test_meta_build_then_materialise_recomputes_buffers():
     m.to_empty(device="cpu")
     m.init_weights()
     ref = XFM(cfg)
+    assert m.heads.text_mlm.decoder.weight is m.text.embeddings.word_embeddings.weight
     for a, b in zip(m.vision.blocks, ref.vision.blocks):
         assert torch.equal(a.attn.relative_position_index, b.attn.relative_position_index)
+    # a state dict assigned onto a meta model: tie and buffers restored by the two calls
+    with torch.device("meta"):
+        m = XFM(cfg)
+    m.load_state_dict(ref.state_dict(), assign=True)
+    m.tie_weights()
+    m.reset_buffers()
+    assert m.heads.text_mlm.decoder.weight is m.text.embeddings.word_embeddings.weight
+    px = make_images(cfg, 2, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(m.eval().encode_image(px), ref.eval().encode_image(px))
 
 
 def test_all_attention_goes_through_the_kernel_dispatcher(monkeypatch):
@@ -235,15 +245,14 @@ def test_all_attention_goes_through_the_kernel_dispatcher(monkeypatch):
 @pytest.mark.parametrize("stream", ["pairs", "regions"])
 def test_grad_checkpointing_same_loss_and_grads(stream):
     from fixtures_model import make_stream_batch
-    from xfm.objectives import STREAM_LOSSES
+    from xfm.objectives import LossContext, STREAM_LOSSES
     cfg = model_config("tiny")
     results = []
     for ckpt in (False, True):
         torch.manual_seed(0)
         m = XFM(replace(cfg, grad_checkpointing=ckpt)).train()
-        loss = sum(STREAM_LOSSES[stream](m, make_stream_batch(stream, cfg),
-                                         __import__("xfm.objectives").objectives.LossContext(
-                                             generator=torch.Generator().manual_seed(0))).values())
+        ctx = LossContext(generator=torch.Generator().manual_seed(0))
+        loss = sum(STREAM_LOSSES[stream](m, make_stream_batch(stream, cfg), ctx).values())
         loss.backward()
         results.append((loss.detach(), {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}))
     torch.testing.assert_close(results[0][0], results[1][0])

@@ -108,7 +108,7 @@ def test_text_corpus_one_document_per_line(synth_world):
     assert all(len(x.split(". ")) >= 2 for x in lines[:-1])
     words = set(" ".join(lines).replace(".", " ").replace("?", " ").replace(":", " ").replace(",", " ").split())
     # the corpus holds the words of every task, so the tokenizer trained on it covers them
-    assert set(SHAPES) <= words and {"left", "above", "below", "many", "colour", "yes", "no"} <= words
+    assert set(SHAPES) <= words and {"left", "above", "below", "many", "colour", "yes", "no", "image"} <= words
 
 
 def test_karpathy_retrieval_json(synth_world):

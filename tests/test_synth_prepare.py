@@ -9,7 +9,7 @@ import tarfile
 import webdataset as wds
 from braceexpand import braceexpand
 
-from xfm.data_prep.synth import prepare_world
+from xfm.data_prep.synth import prepare_world, run_manifest_command
 
 
 def _samples(world, kind: str) -> list[dict]:
@@ -73,3 +73,33 @@ def test_prepare_world_skips_finished_steps(prepared_world):
     assert again == prepared_world.manifest
     after = {p: p.stat().st_mtime_ns for p in prepared_world.root.rglob("*") if p.is_file()}
     assert after == before
+
+
+def test_manifest_checks_verify_every_shard_folder(prepared_world):
+    checks = prepared_world.manifest["checks"]
+    assert sorted(c["argv"][2] for c in checks) == sorted(prepared_world.manifest["shards"].values())
+    for cmd in checks:
+        proc = run_manifest_command(prepared_world.root, cmd)   # raises on a non-zero exit
+        assert proc.returncode == 0
+
+
+def test_other_region_files_read_by_the_regions_sharder(synth_world, tmp_path):
+    """The RefCOCO-style grounding and VG objects files are in the formats the sharder reads
+    (guessed without --format), every record kept, boxes unchanged."""
+    from xfm.data_prep.sharders import shard
+
+    counts = synth_world.manifest["counts"]
+    for name, rel, images, n_items in (
+            ("grounding", "grounding/refcoco_train.jsonl", str(synth_world.root), counts["grounding"]["train"]),
+            ("objects", "vg/objects.json", str(synth_world.path("images")), counts["grounding"]["train"])):
+        stats = shard("regions", [str(synth_world.path(rel))], str(tmp_path / name), images=images,
+                      progress=False)
+        assert stats["formats"][0]["guessed"] is True
+        samples = _samples_in(tmp_path / name, stats)
+        assert len(samples) == counts["scenes"]["train"]
+        assert sum(len(json.loads(s["json"])["regions"]) for s in samples) == n_items
+
+
+def _samples_in(folder, stats) -> list[dict]:
+    urls = [str(folder / u) for u in braceexpand(stats.get("pattern_relative", stats["pattern"]))]
+    return list(wds.WebDataset(urls, shardshuffle=False))

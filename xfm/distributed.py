@@ -38,8 +38,13 @@ def gather_with_grad(tensor: torch.Tensor, group=None, world_size: int = 1, rank
     import torch.distributed as dist
 
     parts = _gather(tensor.detach(), group, world_size)
+    actual = dist.get_rank(group)  # local query, no collective
     if rank is None:
-        rank = dist.get_rank(group)
+        rank = actual
+    elif rank != actual:
+        # a wrong rank would put this process's features (and gradient) in another rank's slot
+        raise ValueError(f"rank={rank} but this process is rank {actual} of the group: "
+                         "pass the rank within the group (LossContext.rank)")
     parts[rank] = tensor  # the local slice keeps its autograd history
     return torch.cat(parts, dim=0)
 

@@ -109,10 +109,13 @@ class WordBoundaries:
     """Vocabulary tables for whole-word masking; picklable, no tokenizer object inside.
 
     ``starts_word[v]``: token v always begins a word (``Ġ``-prefixed BPE token, WordPiece token
-    without ``##``, added tokens). For byte-level BPE a token also begins a word when its first
+    without ``##``, added tokens). Positions right after a special or added token (``<s>``,
+    ``[CLS]``, padding) always begin a word. For byte-level BPE the other word starts come from
+    the tokenizer's pre-tokenizer run over the re-joined token bytes of each stretch between
+    special / added tokens (exactly how the tokenizer split the text); when that is unavailable
+    (no fast tokenizer, bytes that are not UTF-8) a token begins a word when its first
     character's class differs from the previous token's last character's class (the GPT-2 regex
-    splits ``hello,`` into ``hello`` + ``,`` and ``abc123`` into ``abc`` + ``123``). Positions
-    right after a special token (``<s>``, ``[CLS]``, padding) always begin a word.
+    splits ``hello,`` into ``hello`` + ``,`` and ``abc123`` into ``abc`` + ``123``).
     """
     kind: str                      # "bpe" (byte-level) or "wordpiece"
     starts_word: np.ndarray        # (V,) bool
@@ -125,12 +128,16 @@ class WordBoundaries:
     # picklable ``tokenizers`` object); when present, word splits come from the pre-tokenizer
     token_bytes: list | None = field(repr=False, default=None)
     pre_tokenizer: object | None = field(repr=False, default=None)
+    # (V,) bool: special or added tokens, which the tokenizer cuts out before pre-tokenizing
+    isolated: np.ndarray | None = field(repr=False, default=None)
 
     def __post_init__(self):
         if self.kind not in ("bpe", "wordpiece"):
             raise ValueError(f"WordBoundaries: kind must be 'bpe' or 'wordpiece', got {self.kind!r}")
         if self.random_ids is None:
             self.random_ids = np.flatnonzero(~self.special).astype(np.int64)
+        if self.isolated is None:
+            self.isolated = self.special.copy()
 
     @property
     def vocab_size(self) -> int:
@@ -181,48 +188,52 @@ class WordBoundaries:
             starts[i] = raw[:1] == b" "
             first[i], last[i] = _byte_token_classes(raw)
         pre_tokenizer = None
-        if kind == "bpe" and not added:
+        if kind == "bpe":
             backend = getattr(tok, "backend_tokenizer", None)
             # a normalizer could change the text between the pre-tokenizer and the tokens
             if backend is not None and backend.normalizer is None:
                 pre_tokenizer = backend.pre_tokenizer
+        isolated = special.copy()
+        isolated[[i for i in added if i < size]] = True
         return cls(kind=kind, starts_word=starts, first_class=first, last_class=last,
                    special=special, mask_token_id=int(tok.mask_token_id),
-                   token_bytes=token_bytes, pre_tokenizer=pre_tokenizer)
+                   token_bytes=token_bytes, pre_tokenizer=pre_tokenizer, isolated=isolated)
 
     def word_index(self, ids: np.ndarray) -> np.ndarray:
         """(L,) int: word number of each position (0, 1, ... in order), -1 on special tokens."""
         ids = _as_index_array(ids, self.vocab_size)
         special = self.special[ids]
         start = self.starts_word[ids].copy()
+        isolated = self.isolated[ids]
         if ids.size:
             start[0] = True
             # the first token after a special starts a word (RoBERTa's "<s>hello" has no Ġ)
-            start[1:] |= special[:-1]
+            start[1:] |= isolated[:-1]
             if self.kind == "bpe":
                 prev_last = self.last_class[ids[:-1]]
                 cur_first = self.first_class[ids[1:]]
                 start[1:] |= ((cur_first != prev_last) & (cur_first != _CONT)
                               & (prev_last != _CONT) & (prev_last != _SPACE_JOIN))
         if self.kind == "bpe" and self.pre_tokenizer is not None:
-            self._pre_tokenizer_starts(ids, special, start)
+            self._pre_tokenizer_starts(ids, isolated, start)
         start &= ~special
         word = np.cumsum(start) - 1
         word[special] = -1
         return word
 
-    def _pre_tokenizer_starts(self, ids: np.ndarray, special: np.ndarray, start: np.ndarray) -> None:
-        """Overwrite ``start`` with the pre-tokenizer's word splits, one run of non-special tokens
-        at a time (the tokenizer also pre-tokenizes the text between special tokens separately)."""
+    def _pre_tokenizer_starts(self, ids: np.ndarray, isolated: np.ndarray, start: np.ndarray) -> None:
+        """Overwrite ``start`` with the pre-tokenizer's word splits, one run of ordinary tokens at
+        a time (the tokenizer also pre-tokenizes the text between special / added tokens
+        separately)."""
         # plain Python on purpose: sequences are short and numpy's per-call overhead dominates
-        id_list, special_list = ids.tolist(), special.tolist()
+        id_list, isolated_list = ids.tolist(), isolated.tolist()
         length, lo = len(id_list), 0
         while lo < length:
-            if special_list[lo]:
+            if isolated_list[lo]:
                 lo += 1
                 continue
             hi = lo
-            while hi < length and not special_list[hi]:
+            while hi < length and not isolated_list[hi]:
                 hi += 1
             # run [lo, hi) of non-special positions
             pieces = [self.token_bytes[i] for i in id_list[lo:hi]]
@@ -282,12 +293,17 @@ def _as_index_array(ids, vocab_size: int) -> np.ndarray:
 class TextMasker:
     """MLM masking of one token sequence: ``masker(ids, rng) -> (masked_ids, labels)``.
 
+    ``boundaries``: a ``WordBoundaries`` (or a Hugging Face tokenizer, converted once).
+
     Selects ``min(max_masks, max(1, round(mask_prob * n)))`` of the ``n`` non-special tokens, in
     units of whole words (``whole_word``) or single tokens. Each pick becomes, with probability
-    ``span_prob``, a span of ``k`` consecutive units (k drawn from ``span_lengths``) instead of
-    one unit. A pick that does not fit in the remaining budget is shortened (spans) or skipped
-    (single words), so words are never cut and the cap is never exceeded (at the cost of rarely
-    selecting a little less than the target). Selected tokens become the mask token with
+    ``span_prob``, a span of ``k`` consecutive units (k drawn uniformly from ``span_lengths``)
+    instead of one unit; with whole words a span is k whole words (X-VLM spans k tokens and then
+    widens them to word boundaries, which for short words is the same). Spans stop at special
+    tokens. A pick that does not fit in the remaining budget is shortened (spans) or skipped
+    (single words), so words are never cut (at the cost of sometimes selecting a little less than
+    the target). If no word fits the target at all, one whole word of at most ``max_masks``
+    tokens is selected; ``max_masks`` is never exceeded. Selected tokens become the mask token with
     probability ``mask_frac``, a random non-special token with ``random_frac``, else stay.
     ``labels`` hold the original id at selected positions and ``IGNORE_INDEX`` elsewhere.
     Special tokens (incl. padding) are never selected.
@@ -309,6 +325,11 @@ class TextMasker:
         if mask_frac < 0 or random_frac < 0 or mask_frac + random_frac > 1.0 + 1e-9:
             raise ValueError(f"TextMasker: need mask_frac, random_frac >= 0 and their sum <= 1, "
                              f"got {mask_frac} + {random_frac}")
+        if not isinstance(boundaries, WordBoundaries):
+            if not hasattr(boundaries, "convert_ids_to_tokens"):
+                raise TypeError(f"TextMasker: expected WordBoundaries or a Hugging Face tokenizer, "
+                                f"got {type(boundaries).__name__}")
+            boundaries = WordBoundaries.from_tokenizer(boundaries)
         self.boundaries = boundaries
         self.mask_prob = float(mask_prob)
         self.max_masks = int(max_masks)
@@ -342,44 +363,61 @@ class TextMasker:
         if budget == 0:
             return selected, []
         if self.whole_word:
-            unit_of = self.boundaries.word_index(ids)
+            unit_of = self.boundaries.word_index(ids).tolist()
         else:
-            unit_of = np.where(special, -1, np.cumsum(~special) - 1)
-        maskable = unit_of >= 0
-        positions = np.flatnonzero(maskable)
-        units = unit_of[positions]
-        n_units = int(units[-1]) + 1
-        # unit u covers positions[unit_start[u]:unit_start[u+1]]
-        unit_start = np.searchsorted(units, np.arange(n_units + 1))
-        unit_len = np.diff(unit_start)
-        # units separated by a special token (e.g. </s></s> between segments) never form a span
-        first_pos = positions[unit_start[1:-1]]      # first position of units 1..n-1
-        last_pos = positions[unit_start[1:-1] - 1]   # last position of units 0..n-2
-        segment = np.concatenate([[0], np.cumsum(first_pos - last_pos > 1)])
-
-        chosen = np.zeros(n_units, dtype=bool)
+            unit_of = np.where(special, -1, np.cumsum(~special) - 1).tolist()
+        # units (words or tokens) as position ranges; plain Python lists from here on because
+        # the sequences are short and numpy's per-call overhead would dominate
+        unit_first, unit_end, segment = [], [], []
+        seg, prev_unit = 0, -1
+        for pos, unit in enumerate(unit_of):
+            if unit < 0:
+                seg += prev_unit >= 0  # a special token ends a segment: spans never cross it
+                prev_unit = -1
+                continue
+            if unit != prev_unit:
+                unit_first.append(pos)
+                unit_end.append(pos + 1)
+                segment.append(seg)
+            else:
+                unit_end[-1] = pos + 1
+            prev_unit = unit
+        n_units = len(unit_first)
+        chosen = [False] * n_units
         count, picks = 0, []
-        span_draws = rng.random(n_units)
-        span_sizes = rng.choice(self.span_lengths, size=n_units) if self.span_prob > 0 else None
-        for rank, u in enumerate(rng.permutation(n_units)):
+        draws = rng.random(2 * n_units).tolist()  # span or not, and which span length
+        n_lengths = len(self.span_lengths)
+        for rank, u in enumerate(rng.permutation(n_units).tolist()):
             if count >= budget:
                 break
             if chosen[u]:
                 continue
-            want = int(span_sizes[rank]) if self.span_prob > 0 and span_draws[rank] < self.span_prob else 1
+            want = 1
+            if draws[rank] < self.span_prob:
+                want = self.span_lengths[min(int(draws[n_units + rank] * n_lengths), n_lengths - 1)]
             end = u + 1
             while end - u < want and end < n_units and segment[end] == segment[u] and not chosen[end]:
                 end += 1
-            size = int(unit_start[end] - unit_start[u])
+            size = unit_end[end - 1] - unit_first[u]
             while end > u and count + size > budget:  # shorten to fit; never cut a unit
                 end -= 1
-                size -= int(unit_len[end])
+                size -= unit_end[end] - unit_first[end]
             if end == u:
                 continue
             picks.append(want)
-            chosen[u:end] = True
+            for v in range(u, end):
+                chosen[v] = True
+                selected[unit_first[v]:unit_end[v]] = True
             count += size
-        selected[positions[chosen[units]]] = True
+        if count == 0:
+            # every word is longer than the rate allows (e.g. a 4-token caption that is one
+            # 3-piece word + specials): mask one word anyway so the sample still teaches
+            # something; only the hard cap max_masks is respected then
+            fits = [v for v in range(n_units) if unit_end[v] - unit_first[v] <= self.max_masks]
+            if fits:
+                v = fits[int(rng.integers(len(fits)))]
+                selected[unit_first[v]:unit_end[v]] = True
+                picks.append(1)
         return selected, picks
 
     def __call__(self, ids, rng: np.random.Generator):

@@ -29,7 +29,9 @@ def _images(obj, path):
         where = f"images[{i}]"
         image_id = need(im, "id", path, where)
         file_name = need(im, "file_name", path, where, str)
-        images[image_id] = (file_name, where)
+        size = (im.get("width"), im.get("height"))
+        declared = size if all(isinstance(v, int) and v > 0 for v in size) else None
+        images[image_id] = (file_name, where, declared)
         order.append(image_id)
     return images, order
 
@@ -76,7 +78,8 @@ def read_instances(path: str, obj, opts):
             continue
         regions[image_id].append(Region(categories[category], bbox, where))
     out = [Record(path, f"{images[i][1]} (image_id {i})", image_id=str(i),
-                  image_path=resolve_image(images[i][0], opts.images, path), regions=regions[i])
+                  image_path=resolve_image(images[i][0], opts.images, path), regions=regions[i],
+                  declared_size=images[i][2])
            for i in order if regions.get(i)]
     out.extend(Record(path, r.where, image_id=r.image_id, rejection=r) for r in orphans)
     return out

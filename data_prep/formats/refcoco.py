@@ -23,8 +23,11 @@ def _group(path, items, opts):
         rec = by_image.get(image)
         if rec is None:
             image_id = obj.get("image_id", image)
+            size = (obj.get("width"), obj.get("height"))
+            declared = size if all(isinstance(v, int) and v > 0 for v in size) else None
             rec = by_image[image] = Record(path, f"{where} ({image})", image_id=str(image_id),
-                                           image_path=resolve_image(image, opts.images, path))
+                                           image_path=resolve_image(image, opts.images, path),
+                                           declared_size=declared)
         rec.regions.append(Region(obj[text_field], bbox, where))
     return list(by_image.values())
 

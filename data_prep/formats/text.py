@@ -15,15 +15,21 @@ SNIFF_BYTES = 1 << 20
 
 
 def guess_doc_sep(path: str) -> str:
+    """Blank-line mode when most blank-separated blocks span several lines (paragraph-style
+    documents); a one-document-per-line file with a few stray blank lines stays in line mode."""
     with open(path, "rb") as f:
         head = f.read(SNIFF_BYTES)
-    lines = head.split(b"\n")
-    has_blank = any(not ln.strip() for ln in lines[:-1])
-    run = best = 0
-    for ln in lines:
-        run = run + 1 if ln.strip() else 0
-        best = max(best, run)
-    return "blank" if has_blank and best >= 2 else "line"
+    blocks, run = [], 0
+    for ln in head.split(b"\n"):
+        if ln.strip():
+            run += 1
+        elif run:
+            blocks.append(run)
+            run = 0
+    if run:
+        blocks.append(run)
+    multi = sum(1 for b in blocks if b > 1)
+    return "blank" if len(blocks) > 1 and multi * 2 > len(blocks) else "line"
 
 
 def _doc(path: str, where: str, raw: bytes) -> Record:

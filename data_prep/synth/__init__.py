@@ -1,6 +1,8 @@
 """The synthetic world: pictures of coloured shapes whose captions, region phrases, questions,
 answers and statements are fully determined by the picture, written in the public formats the
 sharders and the fine-tuning tasks read (see build.py for the directory layout)."""
-from .build import DEFAULT_IMAGE_SIZE, SIZES, make_world, prepare_world, shard_commands
+from .build import (DEFAULT_IMAGE_SIZE, SIZES, make_world, prepare_world, run_manifest_command,
+                    shard_commands)
 
-__all__ = ["make_world", "prepare_world", "shard_commands", "SIZES", "DEFAULT_IMAGE_SIZE"]
+__all__ = ["make_world", "prepare_world", "run_manifest_command", "shard_commands", "SIZES",
+           "DEFAULT_IMAGE_SIZE"]

@@ -121,6 +121,13 @@ def shard_commands(sizes: WorldSize) -> list[dict]:
     ]
 
 
+def verify_commands(commands: list[dict]) -> list[dict]:
+    """`xfm-prep verify` of every shard folder the commands write (reads every sample back)."""
+    return [{"name": f"verify-{c['name']}", "argv": ["xfm-prep", "verify", out]}
+            for c in commands if c["name"] != "tokenizer"
+            for out in [c["argv"][c["argv"].index("--out") + 1]]]
+
+
 # ----------------------------------------------------------------------------- make_world
 def make_world(out_dir, seed: int = 0, size: str = "test", image_size: int | None = None,
                progress: bool = False) -> dict:
@@ -167,7 +174,11 @@ def make_world(out_dir, seed: int = 0, size: str = "test", image_size: int | Non
     files["vg"], counts["regions_train"] = _write_vg(out, scenes["train"], lrng["train"])
     files["text"] = "text/corpus.txt"
     trng = _rng(seed, "text")
-    docs = [lang.document(sample_scene(trng, 0, image_size), trng) for _ in range(sizes.text_docs)]
+    docs = []
+    for k in range(sizes.text_docs):
+        scene = sample_scene(trng, 0, image_size)
+        other = sample_scene(trng, 0, image_size) if k % 4 == 3 else None   # a quarter are pairs
+        docs.append(lang.document(scene, trng, other))
     write_lines(out / files["text"], docs)
     counts["text_docs"] = len(docs)
     files["classes"], counts["class_images"] = _write_classes(out, seed, sizes, image_size, bar)
@@ -194,6 +205,8 @@ def make_world(out_dir, seed: int = 0, size: str = "test", image_size: int | Non
                    for c in commands if c["name"] != "tokenizer"},
         "tokenizer": "tokenizer",
         "commands": [{**c, "cwd": ".", "command_line": shlex.join(c["argv"])} for c in commands],
+        "checks": [{**c, "cwd": ".", "command_line": shlex.join(c["argv"])}
+                   for c in verify_commands(commands)],
         "all_files": _list_files(out),
     }
     write_json(existing, manifest)   # written last: its presence means the world is complete
@@ -386,20 +399,30 @@ def _write_glue(out: Path, seed: int, sizes: WorldSize, image_size: int) -> tupl
 
 
 # ----------------------------------------------------------------------------- prepare_world
+def run_manifest_command(out: Path, cmd: dict) -> subprocess.CompletedProcess:
+    """Run one world.json command as `python -m xfm.data_prep.cli ...` (the installed
+    `xfm-prep`, with this interpreter) in the world directory; a failure raises with its output."""
+    argv = [sys.executable, "-m", "xfm.data_prep.cli", *cmd["argv"][1:]]
+    proc = subprocess.run(argv, cwd=out / cmd["cwd"], capture_output=True, text=True)
+    if proc.returncode != 0 or ("done" in cmd and not (out / cmd["done"]).exists()):
+        raise RuntimeError(
+            f"world {out}: step {cmd['name']!r} failed (exit {proc.returncode}): "
+            f"{cmd['command_line']}\n--- stdout ---\n{proc.stdout[-4000:]}"
+            f"\n--- stderr ---\n{proc.stderr[-4000:]}")
+    return proc
+
+
 def prepare_world(out_dir, seed: int = 0, size: str = "test", image_size: int | None = None,
-                  progress: bool = False) -> dict:
-    """make_world, then run every command of world.json (as `python -m xfm.data_prep.cli ...`
-    subprocesses, which proves the manifest's command lines), skipping finished steps."""
+                  progress: bool = False, verify: bool = False) -> dict:
+    """make_world, then run every command of world.json (as subprocesses, which proves the
+    manifest's command lines), skipping steps whose `done` file exists; with `verify`, also run
+    the `checks` (xfm-prep verify of every shard folder)."""
     manifest = make_world(out_dir, seed=seed, size=size, image_size=image_size, progress=progress)
     out = Path(out_dir)
-    for cmd in manifest["commands"]:
-        if (out / cmd["done"]).exists():
-            continue
-        argv = [sys.executable, "-m", "xfm.data_prep.cli", *cmd["argv"][1:]]
-        proc = subprocess.run(argv, cwd=out / cmd["cwd"], capture_output=True, text=True)
-        if proc.returncode != 0 or not (out / cmd["done"]).exists():
-            raise RuntimeError(
-                f"world {out}: step {cmd['name']!r} failed (exit {proc.returncode}): "
-                f"{cmd['command_line']}\n--- stdout ---\n{proc.stdout[-4000:]}"
-                f"\n--- stderr ---\n{proc.stderr[-4000:]}")
+    todo = [c for c in manifest["commands"] if not (out / c["done"]).exists()]
+    for cmd in tqdm(todo, desc="prepare world", unit="step", disable=not progress):
+        run_manifest_command(out, cmd)
+    if verify:
+        for cmd in manifest["checks"]:
+            run_manifest_command(out, cmd)
     return manifest

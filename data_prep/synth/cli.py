@@ -19,7 +19,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, default=None,
                    help=f"side of the square images in pixels (default {DEFAULT_IMAGE_SIZE})")
     p.add_argument("--prepare", action="store_true",
-                   help="also run the world.json commands (shards + tokenizer)")
+                   help="also run the world.json commands (shards + tokenizer) and verify "
+                        "the shards")
     p.set_defaults(func=run)
     return p
 
@@ -27,9 +28,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args) -> int:
     from .build import make_world, prepare_world
 
-    fn = prepare_world if args.prepare else make_world
-    manifest = fn(args.out, seed=args.seed, size=args.size, image_size=args.image_size,
-                  progress=True)
+    if args.prepare:
+        manifest = prepare_world(args.out, seed=args.seed, size=args.size,
+                                 image_size=args.image_size, progress=True, verify=True)
+    else:
+        manifest = make_world(args.out, seed=args.seed, size=args.size,
+                              image_size=args.image_size, progress=True)
     print(json.dumps({"out": args.out, "counts": manifest["counts"]}, indent=1))
     if not args.prepare:
         print("shard it with (from the world directory):")

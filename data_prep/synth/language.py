@@ -189,7 +189,8 @@ def _s_total(left, right, rng):
     shape = str(rng.choice([o.shape for o in left.objects + right.objects]))
     true_n = left.count(shape=shape) + right.count(shape=shape)
     n = true_n if rng.random() < 0.5 else int(rng.integers(1, 5))
-    return f"there are {number_word(n)} {plural(shape, n)} in total", n == true_n
+    verb = "is" if n == 1 else "are"
+    return f"there {verb} {number_word(n)} {plural(shape, n)} in total", n == true_n
 
 
 def _s_more(left, right, rng):
@@ -300,9 +301,15 @@ def consistency_sentence(scene: Scene, rng: np.random.Generator, acceptable: boo
             f"{'shape' if said == 1 else 'shapes'}: {join_list([describe(o) for o in objs])}.")
 
 
-def document(scene: Scene, rng: np.random.Generator) -> str:
-    """A text-corpus document: a description, some questions with answers, and a statement;
-    it covers the words of every task so the tokenizer learns them as whole tokens."""
+def document(scene: Scene, rng: np.random.Generator, other: Scene | None = None) -> str:
+    """A text-corpus document: a description, some questions with answers, and a true fact;
+    with `other`, a left/right pair of descriptions and a true statement about the pair. Together
+    they hold the words of every task, so the tokenizer learns them as whole tokens."""
+    if other is not None:
+        sentence, truth = pair_statement(scene, other, rng, want=True)
+        if truth:
+            return (f"left image: {scene_description(scene, rng)} right image: "
+                    f"{scene_description(other, rng)} {sentence}.")
     parts = [scene_description(scene, rng)]
     for q, a, _ in questions(scene, rng, 2):
         parts.append(f"{q} {a}.")

@@ -12,7 +12,7 @@ Sampling rules that keep the language unambiguous (so a small model can learn it
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -66,7 +66,6 @@ class Scene:
     background: int                  # grey level of the background
     noise_seed: int                  # seeds the background noise: rendering is a pure function
     split: str = "train"
-    meta: dict = field(default_factory=dict, compare=False, hash=False)
 
     def count(self, shape: str | None = None, colour: str | None = None,
               size: str | None = None) -> int:

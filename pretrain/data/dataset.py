@@ -49,12 +49,8 @@ def build_maskers(cfg: DataConfig, tokenizer):
 
 
 def load_stream_tokenizer(path: str):
-    try:
-        from xfm.tokenizer import load_tokenizer
-    except ImportError:  # TEMPORARY until xfm/tokenizer.py lands
-        from transformers import AutoTokenizer
+    from xfm.tokenizer import load_tokenizer
 
-        return AutoTokenizer.from_pretrained(path, local_files_only=True)
     return load_tokenizer(path)
 
 
@@ -101,12 +97,16 @@ class StreamDataset(IterableDataset):
         bad_shards: list[tuple[str, str]] = []
         replaying = [False]
 
+        warned: set[str] = set()
+
         def on_shard_error(url: str, exn: BaseException) -> None:
             if replaying[0]:  # re-reading a block on resume: already counted before the checkpoint
                 return
             msg = f"{type(exn).__name__}: {exn}"
-            log.warning("stream %s rank %d worker %d: skipping shard %s (%s)",
-                        self.stream, self.rank, worker, url, msg)
+            # counted every time it is met (once per epoch), logged once per worker
+            (log.debug if url in warned else log.warning)(
+                "stream %s rank %d worker %d: skipping shard %s (%s)", self.stream, self.rank, worker, url, msg)
+            warned.add(url)
             bad["bad_shard"] += 1
             bad_shards.append((url, msg))
 

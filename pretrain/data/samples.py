@@ -69,7 +69,8 @@ class TextEncoder:
 
     def __call__(self, text: str, rng: np.random.Generator) -> dict[str, np.ndarray]:
         if self.window:
-            body = self.tok(text, add_special_tokens=False)["input_ids"]
+            # verbose=False: documents are longer than the model on purpose (a window is taken)
+            body = self.tok(text, add_special_tokens=False, verbose=False)["input_ids"]
             n = self.max_len - len(self.prefix) - len(self.suffix)
             start = int(rng.integers(0, len(body) - n + 1)) if len(body) > n else 0
             ids = self.prefix + body[start:start + n] + self.suffix

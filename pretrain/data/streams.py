@@ -86,8 +86,11 @@ class Stream:
             kw.update(prefetch_factor=self.cfg.prefetch_factor, persistent_workers=False)
             if self.cfg.multiprocessing_context:
                 kw["multiprocessing_context"] = self.cfg.multiprocessing_context
+        # an own generator: by default starting a DataLoader draws its base seed from torch's global
+        # RNG, which would shift the trainer's RNG (dropout...) by when the loader happened to start
+        gen = torch.Generator().manual_seed(self.seed)
         loader = DataLoader(ds, batch_size=None, num_workers=self.num_workers, collate_fn=_identity,
-                            pin_memory=self.cfg.pin_memory, **kw)
+                            pin_memory=self.cfg.pin_memory, generator=gen, **kw)
         self._loader_iter = iter(loader)
         self._pending = {w: deque() for w in range(max(1, self.num_workers))}
 
@@ -111,6 +114,10 @@ class Stream:
         c.batches += 1
         c.samples += meta["samples"]
         c.tokens += meta["tokens"]
+        for reason in meta["bad"]:
+            if reason not in c.bad and reason != "bad_shard":  # shards are logged by the worker
+                log.warning("stream %s rank %d: skipping bad samples (%s); counted in counters()['%s']['bad']",
+                            self.name, self.rank, reason, self.name)
         c.bad.update(meta["bad"])
         if meta["bad_shards"]:
             c.bad_shard_count += len(meta["bad_shards"])

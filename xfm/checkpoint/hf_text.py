@@ -24,7 +24,7 @@ from torch import nn
 
 from ..model_config import TextConfig
 from .apply import apply_mapped, same_tensor
-from .io import find_state_dict, read_file
+from .files import find_state_dict, read_file
 from .report import CheckpointError, LoadReport
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")

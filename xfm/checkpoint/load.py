@@ -23,8 +23,8 @@ from torch import nn
 
 from .apply import require_clean
 from .build_config import default_heads, resolve_config
-from .hf_text import SUPPORTED_TYPES, is_hf_dir, load_hf_text, read_hf_config, text_config_from_hf
-from .io import find_state_dict, read_file
+from .hf_text import is_hf_dir, load_hf_text, read_hf_config, text_config_from_hf
+from .files import find_state_dict, read_file
 from .native import WEIGHTS, CONFIG, build_native, is_native_dir, load_native, save_pretrained
 from .official import infer_official_fields, load_official_state_dict, looks_official
 from .report import CheckpointError, LoadReport, log

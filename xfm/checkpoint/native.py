@@ -18,7 +18,7 @@ from torch import nn
 from ..config import ConfigError, load_config, save_config
 from ..model_config import ModelConfig
 from .apply import apply_mapped, require_clean, tied_aliases
-from .io import read_safetensors
+from .files import read_safetensors
 from .report import CheckpointError, LoadReport
 
 WEIGHTS, CONFIG = "model.safetensors", "config.yaml"

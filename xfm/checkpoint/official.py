@@ -98,7 +98,7 @@ def map_official(sd: Mapping[str, torch.Tensor], source: str):
     unused: list[str] = []
     vision = {k[len(V):]: v for k, v in sd.items() if k.startswith(V)}
     v_mapped, v_ignored, v_unused = map_beit(vision)
-    mapped.update(v_mapped)
+    mapped.update({ours: (V + src, t) for ours, (src, t) in v_mapped.items()})
     ignored.update({V + k: r for k, r in v_ignored.items()})
     unused.extend(V + k for k in v_unused)
     for k, v in sd.items():

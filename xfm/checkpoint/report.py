@@ -34,18 +34,6 @@ class LoadReport:
         """Nothing suspicious: every key in scope filled, every source key used or documented."""
         return not self.missing and not self.unused
 
-    def merge(self, other: "LoadReport") -> "LoadReport":
-        """Combine two reports over the same model (e.g. text from HF + vision from timm)."""
-        loaded = set(self.loaded) | set(other.loaded)
-        return LoadReport(
-            source=f"{self.source} + {other.source}", format=f"{self.format}+{other.format}",
-            loaded=sorted(loaded),
-            missing=sorted((set(self.missing) | set(other.missing)) - loaded),
-            unused=sorted(set(self.unused) | set(other.unused)),
-            ignored={**self.ignored, **other.ignored},
-            new=sorted((set(self.new) | set(other.new)) - loaded),
-        )
-
     def summary(self) -> str:
         lines = [f"{self.source} ({self.format}): loaded {len(self.loaded)} tensors, "
                  f"{len(self.ignored)} documented-ignorable source keys, {len(self.new)} new by design"]

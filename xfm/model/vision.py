@@ -64,7 +64,8 @@ class BeitAttention(nn.Module):
         # k has no bias: same as F.linear(x, qkv.weight, cat(q_bias, 0, v_bias)), but the weight
         # is read only inside qkv's own call (ZeRO-3)
         bias = torch.cat((self.q_bias, torch.zeros_like(self.q_bias), self.v_bias))
-        qkv = (self.qkv(x) + bias).view(b, n, 3, self.num_heads, c // self.num_heads)
+        qkv = self.qkv(x)
+        qkv = (qkv + bias.to(qkv.dtype)).view(b, n, 3, self.num_heads, c // self.num_heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
         rel = self.relative_position_bias_table[self.relative_position_index.view(-1)]
         mask = rel.view(n, n, self.num_heads).permute(2, 0, 1).unsqueeze(0).to(x.dtype)

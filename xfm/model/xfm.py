@@ -7,9 +7,11 @@ DeepSpeed engine wrapping the model can be called directly.
 
 Kernels: ``config.kernels.attention`` other than ``auto`` is passed to every attention call;
 ``auto`` passes nothing, so ``xfm.kernels.set_backend``/``backend_scope`` decide.
-Meta device: ``with torch.device("meta"): XFM(cfg)`` builds without memory; after
-``to_empty(device=...)`` call ``init_weights()`` (or load a state dict and call
-``reset_buffers()``): the relative position index is a non-persistent buffer.
+Meta device: ``with torch.device("meta"): XFM(cfg)`` builds without memory. ``to_empty`` and
+``load_state_dict(..., assign=True)`` both replace Parameter objects (which unties the text MLM
+decoder from the word embeddings) and leave the non-persistent relative position index empty, so:
+after ``to_empty(device=...)`` call ``init_weights()``; after an ``assign=True`` load call
+``tie_weights()`` and ``reset_buffers()``.
 """
 from __future__ import annotations
 
@@ -45,14 +47,20 @@ class XFM(nn.Module):
 
     # ----------------------------------------------------------------------------- set-up
     def init_weights(self) -> None:
-        """Fresh random init of every parameter (and recompute non-persistent buffers)."""
+        """Fresh random init of every parameter (re-ties and recomputes non-persistent buffers)."""
+        self.tie_weights()
         self.heads.init_weights()
         self.fusion.init_weights()
         self.vision.init_weights()
         self.text.init_weights()  # last: the tied text decoder gets the embedding init
         self.reset_buffers()
 
+    def tie_weights(self) -> None:
+        """The text MLM decoder weight IS the word-embedding Parameter (HF-style tie)."""
+        self.heads.text_mlm.decoder.weight = self.text.embeddings.word_embeddings.weight
+
     def reset_buffers(self) -> None:
+        """Recompute the non-persistent buffers (BEiT relative position index)."""
         self.vision.reset_buffers()
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:

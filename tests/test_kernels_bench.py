@@ -1,0 +1,39 @@
+"""The kernel benchmarks run: the CPU memory benchmark on a tiny size (both implementations, one
+subprocess each), and the GPU benchmark stops with a clear message where there is no CUDA."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_contrastive_memory_bench_measures_both_losses(tmp_path):
+    out = tmp_path / "mem.jsonl"
+    res = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "bench", "contrastive_memory.py"), "--sizes", "200,300", "--d", "16",
+         "--fused-max-n", "200", "--mem-limit-gb", "2", "--repeated-ids", "--out", str(out)],
+        capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
+    assert res.returncode == 0, res.stderr
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    by = {(r["impl"], r["n"]): r for r in records}
+    assert set(by) == {("plain", 200), ("fused", 200), ("plain", 300), ("fused", 300)}
+    for key in [("plain", 200), ("fused", 200), ("plain", 300)]:
+        assert by[key]["status"] == "ok" and by[key]["seconds"] > 0 and by[key]["peak_rss_gb"] > 0, by[key]
+    # same data (seeded), same loss from both implementations
+    assert abs(by[("plain", 200)]["loss"] - by[("fused", 200)]["loss"]) < 1e-4
+    assert by[("fused", 300)]["status"] == "analytic"
+    assert "bytes per N^2" in res.stdout
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA exit")
+def test_gpu_bench_exits_clearly_without_cuda():
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    res = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "kernels_gpu.py")],
+                         capture_output=True, text=True, timeout=120, env=env)
+    assert res.returncode == 2
+    assert "no CUDA device" in res.stderr
