@@ -18,11 +18,17 @@ SUBCOMMANDS = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="xfm-prep", description=__doc__)
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """All subcommands, or only ``only``'s module (so one broken part cannot take the others down)."""
+    parser = argparse.ArgumentParser(
+        prog="xfm-prep",
+        description="Prepare X-FM data: shard corpora into webdataset tars (pairs, regions, text, "
+        "images), verify shards, make the synthetic world, train a tokenizer.")
     sub = parser.add_subparsers(dest="command", required=True)
     registered = set()
     for name, module in SUBCOMMANDS.items():
+        if only is not None and name != only:
+            continue
         if module in registered:
             continue
         mod = importlib.import_module(f"xfm.data_prep.{module}")
@@ -32,7 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    only = argv[0] if argv and argv[0] in SUBCOMMANDS else None
+    args = build_parser(only).parse_args(argv)
     rc = args.func(args)
     return int(rc or 0)
 

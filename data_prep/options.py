@@ -46,6 +46,7 @@ class ShardOptions:
     # regions
     box_frame: str = "auto"              # auto | raw | oriented (see process.box_frame)
     box_tolerance: float = 2.0
+    captions: str | None = None          # COCO captions JSON giving each image's caption
     # text
     text_field: str = "text"
     doc_sep: str = "auto"                # auto | line | blank
@@ -98,7 +99,7 @@ class ShardOptions:
 KIND_OPTIONS = {
     "pairs": ("images", "resize", "quality", "dedup", "image_column", "caption_column",
               "no_header", "splits"),
-    "regions": ("images", "resize", "quality", "dedup", "box_frame", "box_tolerance"),
+    "regions": ("images", "resize", "quality", "dedup", "box_frame", "box_tolerance", "captions"),
     "text": ("text_field", "doc_sep", "max_chars"),
     "images": ("resize", "quality", "dedup", "classes", "shuffle_seed"),
 }

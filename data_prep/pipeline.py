@@ -33,7 +33,11 @@ def _log(msg: str):
 
 
 def _run_fingerprint(kind, input_fp, opts: ShardOptions, files, class_map) -> str:
-    payload = {"version": STATS_VERSION, "kind": kind, "input": input_fp,
+    extra = {}
+    if opts.kind == "regions" and opts.captions:
+        with open(opts.captions, "rb") as f:
+            extra["captions_sha256"] = hashlib.sha256(f.read()).hexdigest()
+    payload = {"version": STATS_VERSION, "kind": kind, "input": input_fp, **extra,
                "formats": [[f.format, f.detail] for f in files],
                "options": opts.output_affecting(), "classes": class_map}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()

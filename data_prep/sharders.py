@@ -91,6 +91,9 @@ def add_parser(subparsers):
             p.add_argument("--box-tolerance", type=float, default=2.0,
                            help="pixels a box may overhang the image and be clipped (else "
                            "rejected)")
+            p.add_argument("--captions", metavar="JSON",
+                           help="COCO captions JSON: the first caption of the image with the same "
+                           "image_id becomes the sample's caption (else null)")
         if kind == "text":
             p.add_argument("--text-field", default="text", help="JSON lines field with the text")
             p.add_argument("--doc-sep", choices=("auto", "line", "blank"), default="auto",

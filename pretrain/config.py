@@ -133,6 +133,8 @@ class LoggingConfig:
     every: int = 10
     tensorboard: bool = False
     progress: bool = True
+    # every rank appends the streams it ran per step to RUN_DIR/plans/rank<r>.jsonl (hang triage)
+    trace_plan: bool = False
 
 
 @dataclass

@@ -8,6 +8,7 @@ boundary). After each step: temperature clamp, logging, a collective check for S
 """
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -238,8 +239,6 @@ def train(cfg: PretrainConfig, resume: bool = False, *,
     (run_dir / "partitions").mkdir(parents=True, exist_ok=True) if rank == 0 else None
     if dist.is_initialized():
         dist.barrier()
-    import json
-
     (run_dir / "partitions" / f"rank{rank:05d}.json").write_text(json.dumps(
         {"rank": rank, "world_size": world, "zero_stage": cfg.engine.zero_stage,
          "total": report.total_params, "local": report.local_params, "params": report.per_param}))
@@ -256,6 +255,10 @@ def train(cfg: PretrainConfig, resume: bool = False, *,
                      params=report.total_params, local_params=report.local_params,
                      start_step=step, steps=cfg.steps, resumed=resume)
 
+    plan_trace = None
+    if cfg.logging.trace_plan:
+        (run_dir / "plans").mkdir(parents=True, exist_ok=True)
+        plan_trace = open(run_dir / "plans" / f"rank{rank:05d}.jsonl", "a", buffering=1)
     stop = StopRequest()
     stats = IntervalStats()
     num_patches = (model_cfg.vision.image_size // model_cfg.vision.patch_size) ** 2
@@ -273,6 +276,8 @@ def train(cfg: PretrainConfig, resume: bool = False, *,
         t_step = time.perf_counter()
         lr = set_lr(engine.optimizer, step, cfg.optim, cfg.steps)
         plan = plan_for_step(cfg.streams, cfg.seed, step)
+        if plan_trace is not None:
+            plan_trace.write(json.dumps({"step": step, "plan": plan}) + "\n")
         for group in plan:
             group_name = "+".join(group)
             for micro in range(cfg.engine.grad_accum):
@@ -333,6 +338,8 @@ def train(cfg: PretrainConfig, resume: bool = False, *,
         if not stopped_by:
             writer.event(event="end", step=step)
         writer.close()
+    if plan_trace is not None:
+        plan_trace.close()
     if hasattr(streams, "close"):
         streams.close()  # stop loader workers before the process group goes away
     return {"step": step, "stopped_by": stopped_by, "rank": rank, "world_size": world,

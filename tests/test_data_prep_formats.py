@@ -196,10 +196,15 @@ def test_coco_instances_category_names(tmp_path):
                         {"id": 2, "image_id": 5, "category_id": 2, "bbox": [0, 0, 10, 10]},
                         {"id": 3, "image_id": 6, "category_id": 2, "bbox": [0, 0, 10, 10]},
                         {"id": 4, "image_id": 99, "category_id": 2, "bbox": [0, 0, 10, 10]}]})
-    stats = shard("regions", [ann], str(tmp_path / "o"), images=str(raw / "img"), **OPTS)
+    caps = _dump(raw / "captions.json", {"images": [{"id": 5, "file_name": "a.jpg"}], "annotations": [
+        {"id": 1, "image_id": 5, "caption": "a box and a thing"},
+        {"id": 2, "image_id": 5, "caption": "second caption"}]})
+    stats = shard("regions", [ann], str(tmp_path / "o"), images=str(raw / "img"), captions=caps,
+                  **OPTS)
     assert stats["formats"][0]["format"] == "coco-instances"
     metas = _regions(read_back(stats))
     assert len(metas) == 1 and [r["phrase"] for r in metas[0]["regions"]] == ["box", "thing"]
+    assert metas[0]["caption"] == "a box and a thing"
     assert stats["skipped"] == {"undecodable_image": 1, "unknown_image_id": 1}
 
 

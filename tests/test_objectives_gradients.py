@@ -121,3 +121,17 @@ def test_full_loss_over_all_streams_reaches_every_parameter(stop):
     missing = [n for n, p in m.named_parameters()
                if p.requires_grad and (p.grad is None or not torch.any(p.grad != 0))]
     assert not missing, f"parameters without gradient from the full loss: {missing}"
+
+
+def test_without_mim_only_the_mask_token_is_left_without_gradient():
+    """The check above can fail: switching MIM off leaves exactly the mask token untrained."""
+    torch.manual_seed(0)
+    m = XFM(replace(model_config("tiny"), mim=False)).train()
+    cfg = m.config
+    ctx = LossContext(generator=torch.Generator().manual_seed(0))
+    total = sum(sum(STREAM_LOSSES[s](m, batch, ctx).values())
+                for s, batch in {"pairs": make_pairs_batch(cfg), "regions": make_regions_batch(cfg),
+                                 "text": make_text_batch(cfg)}.items())
+    total.backward()
+    missing = [n for n, p in m.named_parameters() if p.grad is None or not torch.any(p.grad != 0)]
+    assert missing == ["vision.mask_token"]

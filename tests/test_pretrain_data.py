@@ -292,6 +292,7 @@ def test_ranks_read_disjoint_shards_and_uneven_splits_yield_equally(data):
             for b in take(s["pairs"], 9):  # 36 samples: more than either rank holds
                 image_ids[r].update(b["image_ids"].tolist())
             assert s.counters()["pairs"]["batches"] == 9
+            assert s.counters()["pairs"]["bad_shard_count"] == 0  # the pipe: URL was read too
         # every image seen comes from the rank's own shards
         def ids_of(url):
             shard = int(url.rsplit("-", 1)[1][:6]) if "pairs-" in url else 7

@@ -574,6 +574,8 @@ class BlockMasker:
         free[1:, 1:] = np.cumsum(np.cumsum(~mask, axis=0), axis=1)
         candidates = []
         for h, w in self.shapes:
+            if h * w < remaining:  # cannot hold that many new patches
+                continue
             new = free[h:, w:] - free[:-h or None, w:] - free[h:, :-w or None] + free[:-h or None, :-w or None]
             tops, lefts = np.nonzero(new == remaining)
             if tops.size:

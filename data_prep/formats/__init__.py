@@ -148,15 +148,23 @@ def read(item: InputFile, opts, class_map: dict | None = None):
             return xfm_pairs.read_json_list(path, parsed(), opts)
     if opts.kind == "regions":
         if fmt == "vg-objects":
-            return visual_genome.read_objects(path, parsed(), opts)
-        if fmt == "vg-regions":
-            return visual_genome.read_regions(path, parsed(), opts)
-        if fmt == "coco-instances":
-            return coco.read_instances(path, parsed(), opts)
-        if fmt == "refcoco":
+            records = visual_genome.read_objects(path, parsed(), opts)
+        elif fmt == "vg-regions":
+            records = visual_genome.read_regions(path, parsed(), opts)
+        elif fmt == "coco-instances":
+            records = coco.read_instances(path, parsed(), opts)
+        elif fmt == "refcoco":
             if path.lower().endswith(JSON_EXT):
-                return refcoco.read_json_list(path, parsed(), opts)
-            return refcoco.read_jsonl(path, opts)
+                records = refcoco.read_json_list(path, parsed(), opts)
+            else:
+                records = refcoco.read_jsonl(path, opts)
+        else:
+            raise MalformedInputError(f"{path}: format {fmt} is not a regions format")
+        if opts.captions:
+            captions = coco.first_captions(opts.captions)
+            for rec in records:
+                rec.caption = captions.get(rec.image_id)
+        return records
     if opts.kind == "text":
         if fmt == "txt":
             sep = "line" if item.detail == "one document per line" else "blank"

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from ..records import MalformedInputError, Record, Region, Rejection
-from .common import need, need_list, resolve_image
+from .common import load_json, need, need_list, resolve_image
 
 
 def is_coco_captions(obj) -> bool:
@@ -53,6 +53,18 @@ def read_captions(path: str, obj, opts):
                   image_path=resolve_image(images[i][0], opts.images, path), captions=captions[i])
            for i in order if captions.get(i)]
     out.extend(Record(path, r.where, image_id=r.image_id, rejection=r) for r in orphans)
+    return out
+
+
+def first_captions(path: str) -> dict:
+    """image_id (str) -> its first caption in a COCO captions JSON (for regions samples)."""
+    obj = load_json(path)
+    out = {}
+    for i, ann in enumerate(need_list(obj, "annotations", path, "top level")):
+        image_id = str(need(ann, "image_id", path, f"annotations[{i}]"))
+        caption = need(ann, "caption", path, f"annotations[{i}]")
+        if image_id not in out and isinstance(caption, str) and caption.strip():
+            out[image_id] = caption
     return out
 
 
