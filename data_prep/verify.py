@@ -16,7 +16,6 @@ import os
 import re
 import sys
 import tarfile
-from collections import Counter
 
 from PIL import Image
 

@@ -224,3 +224,21 @@ def test_verify_catches_truncated_and_corrupt_shards(tmp_path, capsys):
         f.write(b"\0" * (jpg.size // 2))
     problems = verify(out, log=lambda m: None)["problems"]
     assert any("image does not decode" in p or "sha256" in p for p in problems), problems
+
+
+def test_unexpected_error_on_one_item_is_rejected_not_fatal(tmp_path, monkeypatch):
+    from xfm.data_prep import process
+
+    path, _ = _pairs_corpus(str(tmp_path / "raw"), n=4)
+    real = process.prepare_image
+
+    def flaky(data, resize=None, quality=90):
+        if data == open(tmp_path / "raw" / "1.png", "rb").read():
+            raise RuntimeError("codec bug")
+        return real(data, resize, quality)
+
+    monkeypatch.setattr(process, "prepare_image", flaky)
+    stats = shard("pairs", [path], str(tmp_path / "o"), **OPTS)
+    assert stats["skipped"]["processing_error"] == 1 and stats["totals"]["samples"] == 6
+    rej = [json.loads(l) for l in open(tmp_path / "o/rejected.jsonl")]
+    assert any(r["reason"] == "processing_error" and "codec bug" in r["detail"] for r in rej)

@@ -485,6 +485,7 @@ class BlockMasker:
         self.grid, self.num_masks, self.min_block = int(grid), int(num_masks), int(min_block)
         self.max_block = int(max_block) if max_block is not None else self.num_masks
         self.log_aspect = (math.log(lo), math.log(hi))
+        self._rect_cache = None  # all allowed rectangle positions, built on first use
         self.attempts, self.restarts = int(attempts), int(restarts)
         eps = 1e-9
         self.shapes = [(h, w) for h in range(1, grid + 1) for w in range(1, grid + 1)
@@ -568,27 +569,36 @@ class BlockMasker:
         return mask
 
     def _exact_block(self, mask: np.ndarray, remaining: int, rng) -> tuple[int, int, int, int]:
-        """A uniformly chosen allowed rectangle with exactly ``remaining`` unmasked patches."""
+        """A uniformly chosen allowed rectangle with exactly ``remaining`` unmasked patches
+        (all allowed rectangles are scored at once on the integral image of the free patches)."""
         g = self.grid
         free = np.zeros((g + 1, g + 1), dtype=np.int32)
         free[1:, 1:] = np.cumsum(np.cumsum(~mask, axis=0), axis=1)
-        candidates = []
-        for h, w in self.shapes:
-            if h * w < remaining:  # cannot hold that many new patches
-                continue
-            new = free[h:, w:] - free[:-h or None, w:] - free[h:, :-w or None] + free[:-h or None, :-w or None]
-            tops, lefts = np.nonzero(new == remaining)
-            if tops.size:
-                candidates.append((h, w, tops, lefts))
-        total = sum(c[2].size for c in candidates)
-        if total == 0:
+        free = free.reshape(-1)
+        rect = self._rectangles
+        new = free[rect[:, 4]] - free[rect[:, 5]] - free[rect[:, 6]] + free[rect[:, 7]]
+        hits = np.flatnonzero(new == remaining)
+        if hits.size == 0:
             return 0, 0, 0, 0
-        pick = int(rng.integers(total))
-        for h, w, tops, lefts in candidates:
-            if pick < tops.size:
-                return int(tops[pick]), int(lefts[pick]), h, w
-            pick -= tops.size
-        raise AssertionError("unreachable")
+        top, left, h, w = rect[hits[int(rng.integers(hits.size))], :4].tolist()
+        return top, left, h, w
+
+    @property
+    def _rectangles(self) -> np.ndarray:
+        """(R, 8) int: top, left, h, w and the 4 integral-image corners of every allowed
+        rectangle position (built once)."""
+        if getattr(self, "_rect_cache", None) is None:
+            g1 = self.grid + 1
+            rows = []
+            for h, w in self.shapes:
+                tops, lefts = np.meshgrid(np.arange(self.grid - h + 1), np.arange(self.grid - w + 1),
+                                          indexing="ij")
+                t, l = tops.reshape(-1), lefts.reshape(-1)
+                rows.append(np.stack([t, l, np.full_like(t, h), np.full_like(t, w),
+                                      (t + h) * g1 + l + w, t * g1 + l + w, (t + h) * g1 + l,
+                                      t * g1 + l], axis=1))
+            self._rect_cache = np.concatenate(rows).astype(np.int64)
+        return self._rect_cache
 
 
 # BEiT's setting for 224 px / patch 16: 75 of 196 patches, blocks of at least 16

@@ -76,6 +76,11 @@ class Stream:
         self._pending: dict[int, deque] = {}
         # a dataset (no workers started) to answer questions about the shard split
         self._dataset = StreamDataset(cfg, name, rank, world_size, seed, self.num_workers)
+        scfg = cfg.stream(name)
+        log.info("stream %s: rank %d/%d reads %d of %d shard(s) from %d source(s); %d loader worker(s), "
+                 "batch %d, shuffle block %d", name, rank, world_size, len(self.shards()),
+                 sum(len(u) for u in self._dataset.sources), len(scfg.sources), self.num_workers,
+                 scfg.batch_size, scfg.shuffle_buffer)
 
     # ------------------------------------------------------------------ iteration
     def _start(self) -> None:

@@ -1,0 +1,111 @@
+"""Fixtures of the pretraining engine tests (owned by the pretraining-engine area).
+
+- `pretrain_data`: the session's prepared synthetic world (`prepared_world`) seen through
+  `configs/pretrain/tiny.yaml` (`XFM_DATA` = the world's parent) plus a corrupt pairs shard.
+- `tiny_run`: ONE uninterrupted 2-rank ZeRO-3 run of the tiny config (fp32, deterministic,
+  checkpoints every 6 steps, a log line per step), shared by the run / resume / export tests,
+  because each 2-process DeepSpeed start costs ~10 s of the 2 cores.
+- `launch_pretrain(...)`: `torchrun --nproc_per_node N -m xfm.pretrain.cli ...` with the test
+  environment; `pretrain_args(...)`: the common arguments.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "configs" / "pretrain" / "tiny.yaml"
+STEPS = 16
+CKPT_EVERY = 6
+
+
+@dataclass(frozen=True)
+class PretrainData:
+    xfm_data: Path  # what ${XFM_DATA} is for tiny.yaml
+    corrupt_shard: Path
+
+    @property
+    def world(self) -> Path:
+        return self.xfm_data / "world"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pretrain_env(data: PretrainData, **extra) -> dict:
+    env = dict(os.environ)
+    env.update(OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu", TOKENIZERS_PARALLELISM="false",
+               XFM_DATA=str(data.xfm_data), PYTHONUNBUFFERED="1")
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+def torchrun_cmd(nproc: int, module_args: list[str]) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+            "--master_addr", "127.0.0.1", "--master_port", str(free_port()), *module_args]
+
+
+def pretrain_args(data: PretrainData, out: Path, steps: int = STEPS, extra: list[str] = ()) -> list[str]:
+    """The tiny config, made exact and observable: fp32 + deterministic, a metrics line per step,
+    checkpoints every CKPT_EVERY steps (all kept), a 60 s collective timeout (a hang fails), and
+    the pairs stream reading 4 good shards + 1 corrupt one (5 shards over 2 ranks: uneven)."""
+    pairs = data.world / "shards" / "pairs"
+    urls = f'["{pairs}/pairs-{{000000..000003}}.tar", "{data.corrupt_shard}"]'
+    return ["--config", str(TINY), "--out", str(out), "--steps", str(steps), "--deterministic",
+            "--set", "engine.precision=fp32", "--set", "engine.dist_timeout_s=60",
+            "--set", "logging.every=1", "--set", f"checkpoint.every={CKPT_EVERY}",
+            "--set", "checkpoint.keep_last=0",
+            "--set", f"data.pairs.sources=[{{urls: {urls}}}]", *extra]
+
+
+def launch_pretrain(data: PretrainData, args: list[str], nproc: int = 2, timeout: float = 300,
+                    **env) -> subprocess.CompletedProcess:
+    return subprocess.run(torchrun_cmd(nproc, ["-m", "xfm.pretrain.cli", *args]), cwd=REPO,
+                          env=pretrain_env(data, **env), capture_output=True, text=True, timeout=timeout)
+
+
+def popen_pretrain(data: PretrainData, args: list[str], nproc: int = 2, log: Path | None = None,
+                   **env) -> subprocess.Popen:
+    """Start in its own process group (so a test can SIGKILL the launcher and its workers)."""
+    out = open(log, "w") if log else subprocess.DEVNULL
+    return subprocess.Popen(torchrun_cmd(nproc, ["-m", "xfm.pretrain.cli", *args]), cwd=REPO,
+                            env=pretrain_env(data, **env), stdout=out, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def tail(proc_or_text, n: int = 4000) -> str:
+    text = proc_or_text if isinstance(proc_or_text, str) else (proc_or_text.stdout + proc_or_text.stderr)
+    lines = [ln for ln in text.splitlines() if "Warning" not in ln and "warn(" not in ln]
+    return "\n".join(lines)[-n:]
+
+
+@pytest.fixture(scope="session")
+def pretrain_data(prepared_world, tmp_path_factory) -> PretrainData:
+    extra = tmp_path_factory.mktemp("pretrain_extra")
+    corrupt = extra / "pairs-corrupt.tar"
+    # not a tar archive at all: the loader must skip it and count it, never stop the run
+    corrupt.write_bytes(b"\x00garbage, not a tar archive\n" * 64)
+    return PretrainData(xfm_data=prepared_world.root.parent, corrupt_shard=corrupt)
+
+
+@dataclass(frozen=True)
+class TinyRun:
+    run_dir: Path
+    proc: subprocess.CompletedProcess
+
+
+@pytest.fixture(scope="session")
+def tiny_run(pretrain_data, tmp_path_factory) -> TinyRun:
+    run_dir = tmp_path_factory.mktemp("tiny_run") / "run"
+    proc = launch_pretrain(pretrain_data, pretrain_args(pretrain_data, run_dir))
+    assert proc.returncode == 0, tail(proc)
+    return TinyRun(run_dir, proc)

@@ -1,0 +1,179 @@
+"""The 2-rank ZeRO-3 tiny run on the synthetic world's shards (CPU, gloo), end to end.
+
+What must hold: losses finite and falling; every partitioned parameter split in halves over the
+two ranks; 5 pairs shards over 2 ranks (one corrupt) neither hang nor stop the run, and the bad
+shard is reported; a run SIGKILLed after a checkpoint and resumed logs exactly the losses of the
+uninterrupted run; the exported model computes what the live ZeRO-3 engine computes.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from fixtures_pretrain import (CKPT_EVERY, REPO, STEPS, launch_pretrain, popen_pretrain,
+                               pretrain_args, pretrain_env, tail, torchrun_cmd)
+from xfm.pretrain.metrics import read_metrics
+
+pytestmark = [pytest.mark.distributed, pytest.mark.slow]
+
+
+def step_losses(run_dir) -> dict[int, dict]:
+    """Last metrics record per step (a resumed run re-logs the steps after its checkpoint)."""
+    out = {}
+    for rec in read_metrics(run_dir):
+        if "event" not in rec:
+            out[rec["step"]] = rec
+    return out
+
+
+def test_losses_finite_and_falling(tiny_run):
+    recs = step_losses(tiny_run.run_dir)
+    assert sorted(recs) == list(range(1, STEPS + 1))
+    loss_keys = [k for k in recs[1] if k.startswith("loss")]
+    # every stream and objective of the paper's mix is there
+    for k in ("loss/text/text_mlm", "loss/pairs/itc", "loss/pairs/itm", "loss/pairs/mlm", "loss/pairs/mim",
+              "loss/regions/region_itc", "loss/regions/bbox_giou", "loss/images/mim"):
+        assert k in loss_keys, sorted(loss_keys)
+    for step, rec in recs.items():
+        for k in loss_keys:
+            assert math.isfinite(rec[k]), (step, k, rec[k])
+    first = sum(recs[s]["loss"] for s in range(1, 5)) / 4
+    last = sum(recs[s]["loss"] for s in range(STEPS - 3, STEPS + 1)) / 4
+    assert last < 0.85 * first, (first, last)
+    assert recs[STEPS]["loss/text"] < recs[1]["loss/text"]
+    # the observability contract: lr schedule, temperature, grad norms per optimizer step, throughput
+    rec = recs[STEPS]
+    for k in ("lr", "temp", "grad_norm/text", "grad_norm/regions+images+pairs", "samples_per_s/pairs",
+              "tokens_per_s/text", "step_time_s", "data_wait_s", "mem_mb"):
+        assert k in rec and math.isfinite(rec[k]), k
+    assert recs[2]["lr"] > recs[1]["lr"]  # warm-up
+    start = [r for r in read_metrics(tiny_run.run_dir) if r.get("event") == "start"][0]
+    assert start["world_size"] == 2 and start["zero_stage"] == 3
+    assert "xfm-pretrain: world size 2" in tiny_run.proc.stdout
+
+
+def test_each_rank_holds_half_of_every_parameter(tiny_run):
+    ranks = [json.loads((tiny_run.run_dir / "partitions" / f"rank{r:05d}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["params"].keys() == ranks[1]["params"].keys()
+    for name, (full, local0) in ranks[0]["params"].items():
+        full1, local1 = ranks[1]["params"][name]
+        assert full == full1
+        # ZeRO-3: each rank stores ceil(numel / 2) elements (the last slice padded)
+        assert local0 == local1 == math.ceil(full / 2), (name, full, local0, local1)
+    total = ranks[0]["total"]
+    assert total > 400_000  # the whole tiny model, not a stand-in
+    for r in ranks:
+        assert abs(r["local"] - total / 2) < 0.01 * total
+
+
+def test_uneven_and_corrupt_shards_neither_hang_nor_stop(tiny_run):
+    recs = step_losses(tiny_run.run_dir)
+    # the run finished all steps although rank 0 reads 3 pairs shards and rank 1 two, and the
+    # images stream has a single shard for two ranks
+    assert max(recs) == STEPS
+    bad = max(r.get("data/pairs/bad_shard_count", 0) for r in recs.values())
+    assert bad >= 1, "the corrupt pairs shard was not reported"
+    out = tiny_run.proc.stdout + tiny_run.proc.stderr
+    assert "pairs-corrupt.tar" in out  # named in the warning
+
+
+def test_sigkill_then_resume_reproduces_the_uninterrupted_losses(tiny_run, pretrain_data, tmp_path):
+    run_dir = tmp_path / "killed"
+    args = pretrain_args(pretrain_data, run_dir)
+    proc = popen_pretrain(pretrain_data, args, log=tmp_path / "killed.log")
+    kill_after = CKPT_EVERY + 2  # a checkpoint at CKPT_EVERY exists, the next one does not
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline:
+            if (run_dir / "metrics.jsonl").exists() and max(step_losses(run_dir) or [0]) >= kill_after:
+                break
+            assert proc.poll() is None, tail((tmp_path / "killed.log").read_text())
+            time.sleep(0.2)
+        else:
+            pytest.fail("the run never reached the kill step")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # launcher and both ranks, no chance to save
+        proc.wait()
+    latest = (run_dir / "checkpoints" / "latest").read_text().strip()
+    assert latest == f"step{CKPT_EVERY:08d}"
+    killed_at = max(step_losses(run_dir))
+    assert CKPT_EVERY < killed_at < 2 * CKPT_EVERY
+
+    resumed = launch_pretrain(pretrain_data, args + ["--resume"])
+    assert resumed.returncode == 0, tail(resumed)
+    events = [r for r in read_metrics(run_dir) if r.get("event") == "start"]
+    assert events[-1]["resumed"] and events[-1]["start_step"] == CKPT_EVERY
+
+    ref, got = step_losses(tiny_run.run_dir), step_losses(run_dir)
+    assert sorted(got) == list(range(1, STEPS + 1))
+    for step in range(CKPT_EVERY + 1, STEPS + 1):
+        for k in ref[step]:
+            if k.startswith("loss") or k in ("lr", "temp") or k.startswith("grad_norm"):
+                assert got[step][k] == ref[step][k], (step, k, got[step][k], ref[step][k])
+
+
+PROBE = r'''
+import sys, torch
+from xfm.config import load_config
+from xfm.pretrain.config import PretrainConfig
+from xfm.pretrain.trainer import setup_run
+run_dir, out = sys.argv[1], sys.argv[2]
+cfg = load_config(f"{run_dir}/config.yaml", PretrainConfig)
+run = setup_run(cfg, resume=True, write_config=False)  # the run's final checkpoint, ZeRO-3 sharded
+m = run.model
+run.engine.eval()
+g = torch.Generator().manual_seed(0)
+ids = torch.randint(4, m.config.text.vocab_size, (3, 9), generator=g)
+mask = torch.ones(3, 9, dtype=torch.long); mask[1, 6:] = 0
+pixels = torch.randn(3, 3, m.config.vision.image_size, m.config.vision.image_size, generator=g)
+with torch.no_grad():  # each submodule call gathers its parameters (ZeRO-3 hooks)
+    t = m.encode_text(ids, mask)
+    v = m.encode_image(pixels)
+    fi, ft = m.features(v, t)
+    fused = m.fuse(v, torch.ones(v.shape[:2], dtype=torch.long), t, mask)
+    outs = {"ids": ids, "mask": mask, "pixels": pixels, "text": t, "image": v, "img_feat": fi,
+            "txt_feat": ft, "itm": m.itm_logits(fused), "temp": m.heads.temp()}
+if run.info.rank == 0:
+    torch.save(outs, out)
+run.streams.close()
+'''
+
+
+def test_export_matches_the_live_engine(tiny_run, pretrain_data, tmp_path):
+    export_dir = tmp_path / "exported"
+    proc = subprocess.run([sys.executable, "-m", "xfm.pretrain.export", str(tiny_run.run_dir), "--out",
+                           str(export_dir)], cwd=REPO, env=pretrain_env(pretrain_data),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, tail(proc)
+    assert (export_dir / "model.safetensors").exists() and (export_dir / "config.yaml").exists()
+
+    script = tmp_path / "probe.py"
+    script.write_text(PROBE)
+    probe_out = tmp_path / "probe.pt"
+    live = subprocess.run(torchrun_cmd(2, [str(script), str(tiny_run.run_dir), str(probe_out)]), cwd=REPO,
+                          env=pretrain_env(pretrain_data), capture_output=True, text=True, timeout=300)
+    assert live.returncode == 0, tail(live)
+    ref = torch.load(probe_out)
+
+    from xfm.model import XFM
+
+    model = XFM.from_pretrained(export_dir).eval()
+    with torch.no_grad():
+        t = model.encode_text(ref["ids"], ref["mask"])
+        v = model.encode_image(ref["pixels"])
+        fi, ft = model.features(v, t)
+        fused = model.fuse(v, torch.ones(v.shape[:2], dtype=torch.long), t, ref["mask"])
+        got = {"text": t, "image": v, "img_feat": fi, "txt_feat": ft, "itm": model.itm_logits(fused),
+               "temp": model.heads.temp()}
+    for k, val in got.items():
+        torch.testing.assert_close(val, ref[k], rtol=1e-5, atol=1e-5, msg=k)
+    # the exported weights are the trained ones (the temperature moved away from its init)
+    assert abs(float(model.heads.temp()) - model.config.temp_init) > 1e-3
