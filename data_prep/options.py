@@ -32,6 +32,7 @@ class ShardOptions:
     shard_bytes: int = 1 << 30
     resize: int | None = None            # shorter side (shrink only)
     quality: int = 90
+    resample: str = "area"               # area | bilinear | bicubic | lanczos
     max_bad_fraction: float = 0.1
     bad_check_after: int = 1000          # fraction is enforced once this many samples were seen
     dedup: bool = False
@@ -73,6 +74,8 @@ class ShardOptions:
             raise ValueError("--quality must be in 1..100")
         if not 0.0 <= self.max_bad_fraction <= 1.0:
             raise ValueError("--max-bad-fraction must be in [0, 1]")
+        if self.resample not in ("area", "bilinear", "bicubic", "lanczos"):
+            raise ValueError("--resample must be area, bilinear, bicubic or lanczos")
         if self.box_frame not in ("auto", "raw", "oriented"):
             raise ValueError("--box-frame must be auto, raw or oriented")
         if self.doc_sep not in ("auto", "line", "blank"):
@@ -97,9 +100,10 @@ class ShardOptions:
 
 # options that only mean something for one kind
 KIND_OPTIONS = {
-    "pairs": ("images", "resize", "quality", "dedup", "image_column", "caption_column",
+    "pairs": ("images", "resize", "quality", "resample", "dedup", "image_column", "caption_column",
               "no_header", "splits"),
-    "regions": ("images", "resize", "quality", "dedup", "box_frame", "box_tolerance", "captions"),
+    "regions": ("images", "resize", "quality", "resample", "dedup", "box_frame", "box_tolerance",
+                "captions"),
     "text": ("text_field", "doc_sep", "max_chars"),
-    "images": ("resize", "quality", "dedup", "classes", "shuffle_seed"),
+    "images": ("resize", "quality", "resample", "dedup", "classes", "shuffle_seed"),
 }

@@ -85,6 +85,20 @@ def run(kind: str, inputs, out: str, opts: ShardOptions, log=_log) -> dict:
     writer = ShardWriter(out, kind, opts.shard_samples, opts.shard_bytes,
                          _run_fingerprint(kind, input_fp, opts, files, class_map), opts.overwrite)
     start = writer.resume()
+    metrics_path = os.path.join(out, "metrics.jsonl")
+    resumed_samples = writer.samples_written
+
+    def shard_metrics(state):
+        elapsed = time.time() - started
+        done = writer.samples_written - resumed_samples
+        line = {"time": round(time.time(), 3), "shard": state["name"], "samples": state["samples"],
+                "bytes": state["bytes"], "samples_total": writer.samples_written,
+                "rejected_total": writer.bad, "elapsed_s": round(elapsed, 3),
+                "samples_per_s": round(done / elapsed, 2) if elapsed > 0 else None}
+        with open(metrics_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(line) + "\n")
+
+    writer.on_shard = shard_metrics
     if writer.shards:
         log(f"resuming after {len(writer.shards)} completed shard(s) "
             f"({writer.samples_written} samples)")

@@ -43,7 +43,7 @@ def _read_image(rec: Record):
 def _load_image(rec: Record, opts: ShardOptions):
     data = _read_image(rec)
     digest = hashlib.sha256(data).hexdigest() if opts.dedup else None
-    return prepare_image(data, opts.resize, opts.quality), digest
+    return prepare_image(data, opts.resize, opts.quality, opts.resample), digest
 
 
 def _meta_json(obj) -> bytes:

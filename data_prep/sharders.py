@@ -68,6 +68,9 @@ def _common(p: argparse.ArgumentParser, kind: str):
                        help="shrink the shorter image side to N pixels and re-encode (never "
                        "enlarges)")
         p.add_argument("--quality", type=int, default=90, help="JPEG quality of re-encoded images")
+        p.add_argument("--resample", choices=("area", "bilinear", "bicubic", "lanczos"),
+                       default="area", help="downscale filter (area = pixel averaging, like "
+                       "OpenCV INTER_AREA)")
         p.add_argument("--dedup", action="store_true",
                        help="drop images whose bytes equal an earlier image's (sha256)")
 

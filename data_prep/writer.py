@@ -7,6 +7,7 @@ Layout of ``DIR``:
                                its rejections and dedup hashes. Written right after the rename,
                                so a state file means its shard is complete.
   stats.json, rejected.jsonl   written at the end (atomically)
+  metrics.jsonl                one line per completed shard (throughput so far; informational)
 
 Resume: the completed shards whose state file exists are kept; the run restarts from the input
 position the last one recorded (record index, output index within the record: a shard can end in
@@ -77,6 +78,7 @@ class ShardWriter:
         self._range = _Range()
         self.candidates = 0                # samples written + sample-level rejections
         self.bad = 0
+        self.on_shard = None               # callback(state) after each completed shard
 
     # -- set-up / resume -------------------------------------------------------------------
     def _existing_outputs(self) -> list[str]:
@@ -99,7 +101,8 @@ class ShardWriter:
                 f"{self.out} already holds output of a different run (other inputs or options). "
                 f"Use a new --out, or --overwrite to replace it.")
         if not same:
-            for path in self._existing_outputs():
+            side_files = [os.path.join(self.out, n) for n in ("metrics.jsonl", "classes.json")]
+            for path in self._existing_outputs() + [p for p in side_files if os.path.exists(p)]:
                 os.remove(path)
             shutil.rmtree(self.progress_dir)
             os.makedirs(self.progress_dir)
@@ -188,6 +191,8 @@ class ShardWriter:
         self.shards.append(state)
         self._tar = None
         self._range = _Range()
+        if self.on_shard is not None:
+            self.on_shard(state)
 
     def finish(self, end: tuple[int, int]):
         if self._tar is not None:

@@ -21,8 +21,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "pretrain" / "tiny.yaml"
-STEPS = 16
-CKPT_EVERY = 6
+STEPS = 12
+CKPT_EVERY = 4
 
 
 @dataclass(frozen=True)
@@ -80,6 +80,40 @@ def popen_pretrain(data: PretrainData, args: list[str], nproc: int = 2, log: Pat
     return subprocess.Popen(torchrun_cmd(nproc, ["-m", "xfm.pretrain.cli", *args]), cwd=REPO,
                             env=pretrain_env(data, **env), stdout=out, stderr=subprocess.STDOUT,
                             start_new_session=True)
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process below ``pid`` (torchrun starts its workers in their own sessions, so
+    killing the launcher's process group does not reach them)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = open(f"/proc/{entry}/stat").read()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.append(c)
+            todo.append(c)
+    return out
+
+
+def kill_tree(proc: subprocess.Popen, sig=None) -> None:
+    """SIGKILL the launcher and every worker it started (by pid)."""
+    import signal
+
+    sig = sig or signal.SIGKILL
+    for pid in [proc.pid] + descendants(proc.pid):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+    proc.wait()
 
 
 def tail(proc_or_text, n: int = 4000) -> str:

@@ -138,7 +138,7 @@ def beit():
     return model
 
 
-@pytest.mark.parametrize("container", ["pth-model", "bin-state_dict", "safetensors"])
+@pytest.mark.parametrize("container", ["pth-model", "bin-state_dict", "safetensors", "legacy-pickle"])
 def test_beit_v2_patch_tokens_match_timm(beit, tmp_path, container):
     sd = beit.state_dict()
     if container == "pth-model":
@@ -147,6 +147,9 @@ def test_beit_v2_patch_tokens_match_timm(beit, tmp_path, container):
     elif container == "bin-state_dict":
         path = tmp_path / "beitv2.bin"
         torch.save({"state_dict": {f"module.{k}": v for k, v in sd.items()}}, path)
+    elif container == "legacy-pickle":  # the pre-1.6 torch.save format cannot be memory-mapped
+        path = tmp_path / "beitv2_legacy.pth"
+        torch.save(sd, path, _use_new_zipfile_serialization=False)
     else:
         path = tmp_path / "beitv2.safetensors"
         save_file({k: v.contiguous() for k, v in sd.items()}, str(path))
@@ -196,3 +199,25 @@ def test_sharded_hf_directory_and_tf_style_names(bert_dir, tmp_path):
     got = load_pretrained(tf_style, size="tiny")
     assert got.load_report.clean, got.load_report.summary()
     assert all(torch.equal(got.state_dict()[k], v) for k, v in want.items() if k.startswith("text."))
+
+
+def test_shared_relative_position_table_is_copied_into_every_block(tmp_path):
+    """BEiT pretraining checkpoints with one shared table (``use_shared_rel_pos_bias``): each of
+    our blocks gets a copy, which computes exactly what timm's shared bias computes."""
+    from timm.models.beit import Beit
+    torch.manual_seed(4)
+    ref = Beit(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4, num_classes=0,
+               use_abs_pos_emb=False, use_shared_rel_pos_bias=True, init_values=0.2).eval()
+    with torch.no_grad():
+        ref.rel_pos_bias.relative_position_bias_table.normal_(0, 0.5)
+    path = tmp_path / "shared.pth"
+    torch.save({"model": ref.state_dict()}, path)
+    model = load_pretrained(path, size="tiny")
+    assert model.load_report.clean, model.load_report.summary()
+    for blk in model.vision.blocks:
+        assert torch.equal(blk.attn.relative_position_bias_table, ref.rel_pos_bias.relative_position_bias_table)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        want = ref.fc_norm(ref.forward_features(x)[:, 1:])
+        got = model.encode_image(x)
+    torch.testing.assert_close(got[:, 1:], want, atol=1e-5, rtol=0)

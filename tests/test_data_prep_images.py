@@ -74,10 +74,12 @@ def test_exif_orientation_applied_to_pixels_and_boxes():
     assert _decode(out.data).getexif().get(0x0112, 1) == 1
 
 
-@pytest.mark.parametrize("kind", ["jpeg", "png", "exif_rotated_jpeg"])
-def test_resize_shorter_side_and_boxes_follow(kind):
+@pytest.mark.parametrize("kind,resample", [("jpeg", "area"), ("png", "bicubic"),
+                                           ("exif_rotated_jpeg", "area"), ("cmyk_jpeg", "lanczos")])
+def test_resize_shorter_side_and_boxes_follow(kind, resample):
     size, box = (300, 200), (60, 40, 90, 70)
-    out = prepare_image(fx.image_bytes(kind, size=size, box=box), resize=50, quality=90)
+    out = prepare_image(fx.image_bytes(kind, size=size, box=box), resize=50, quality=90,
+                        resample=resample)
     assert min(out.width, out.height) == 50 and not out.passthrough
     img = _decode(out.data)
     assert img.size == (out.width, out.height)

@@ -232,10 +232,10 @@ def test_unexpected_error_on_one_item_is_rejected_not_fatal(tmp_path, monkeypatc
     path, _ = _pairs_corpus(str(tmp_path / "raw"), n=4)
     real = process.prepare_image
 
-    def flaky(data, resize=None, quality=90):
+    def flaky(data, *args):
         if data == open(tmp_path / "raw" / "1.png", "rb").read():
             raise RuntimeError("codec bug")
-        return real(data, resize, quality)
+        return real(data, *args)
 
     monkeypatch.setattr(process, "prepare_image", flaky)
     stats = shard("pairs", [path], str(tmp_path / "o"), **OPTS)

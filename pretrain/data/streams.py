@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from .config import STREAM_NAMES, DataConfig
-from .dataset import StreamDataset
+from .dataset import StreamDataset, load_resources
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,8 @@ class StreamCounters:
 class Stream:
     """One stream of one rank: an endless iterator of batches with a resumable position."""
 
-    def __init__(self, cfg: DataConfig, name: str, rank: int, world_size: int, seed: int):
+    def __init__(self, cfg: DataConfig, name: str, rank: int, world_size: int, seed: int,
+                 resources=None):
         if cfg.stream(name) is None:
             raise ValueError(f"stream {name!r} is not configured (data.{name} is null)")
         self.cfg = cfg
@@ -74,6 +75,7 @@ class Stream:
         self._next_worker = 0
         self._loader_iter = None
         self._pending: dict[int, deque] = {}
+        self._resources = resources  # callable -> (tokenizer, maskers), shared by a StreamSet
         # a dataset (no workers started) to answer questions about the shard split
         self._dataset = StreamDataset(cfg, name, rank, world_size, seed, self.num_workers)
         scfg = cfg.stream(name)
@@ -84,8 +86,9 @@ class Stream:
 
     # ------------------------------------------------------------------ iteration
     def _start(self) -> None:
+        resources = self._resources() if self._resources is not None else load_resources(self.cfg)
         ds = StreamDataset(self.cfg, self.name, self.rank, self.world_size, self.seed,
-                           self.num_workers, self._states)
+                           self.num_workers, self._states, resources=resources)
         kw: dict[str, Any] = {}
         if self.num_workers > 0:
             kw.update(prefetch_factor=self.cfg.prefetch_factor, persistent_workers=False)
@@ -204,7 +207,14 @@ class StreamSet:
         if not names:
             raise ValueError("no stream configured: set at least one of data.pairs/regions/text/images")
         self.names = [n for n in STREAM_NAMES if n in names]
-        self.streams = {n: Stream(cfg, n, self.rank, self.world_size, self.seed) for n in self.names}
+        self._shared = None
+        self.streams = {n: Stream(cfg, n, self.rank, self.world_size, self.seed, resources=self._resources)
+                        for n in self.names}
+
+    def _resources(self):
+        if self._shared is None:  # the tokenizer and maskers, loaded once for all streams
+            self._shared = load_resources(self.cfg)
+        return self._shared
 
     def __getitem__(self, name: str) -> Stream:
         try:
