@@ -338,8 +338,17 @@ def test_a_source_without_any_readable_shard_is_an_error(data):
         next(streams["pairs"])
 
 
+def test_a_stream_of_only_bad_samples_is_an_error(data, monkeypatch):
+    import xfm.pretrain.data.dataset as dataset
+
+    monkeypatch.setattr(dataset, "MAX_BAD_IN_A_ROW", 50)
+    cfg = make_cfg(data, kinds=("images",), workers=0)
+    cfg.images.sources[0].urls = str(data / "text" / "text-{000000..000002}.tar")  # no jpg in them
+    with StreamSet(cfg) as streams, pytest.raises(RuntimeError, match=r"50 bad samples in a row.*lacks \['jpg'\]"):
+        next(streams["images"])
+
+
 def test_weighted_sources_are_mixed(data):
-    cfg = make_cfg(data, kinds=("pairs",), workers=0, batch=8, buffer=8)
     a = {"urls": str(data / "pairs" / "pairs-000000.tar"), "weight": 3.0}
     b = {"urls": str(data / "pairs" / "pairs-{000001..000002}.tar"), "weight": 1.0}
     cfg = from_dict(DataConfig, {"tokenizer": str(data / "tok"), "image_size": 32, "patch_size": 8,

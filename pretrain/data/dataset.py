@@ -57,7 +57,7 @@ def load_resources(cfg: DataConfig):
 
 
 class StreamDataset(IterableDataset):
-    """One stream of one rank; picklable (tokenizer and maskers are built inside the worker)."""
+    """One stream of one rank; picklable (``spawn`` workers work too)."""
 
     def __init__(self, cfg: DataConfig, stream: str, rank: int, world_size: int, seed: int,
                  num_workers: int, states: dict[int, dict] | None = None, resources=None):
@@ -133,25 +133,34 @@ class StreamDataset(IterableDataset):
 
         tokenizer, maskers = self.resources or load_resources(self.cfg)
         decoder = DECODERS[self.stream](self.cfg, tokenizer, *maskers)
+        in_a_row = 0
+        unexpected_logged = False
         try:
             while True:
                 examples = []
-                in_a_row = 0
                 while len(examples) < scfg.batch_size:
                     index, raw = shuffler.next_raw()
                     try:
                         examples.append(decoder.decode(raw, derive_rng(*key, SAMPLE, index)))
                         in_a_row = 0
+                        continue
                     except BadSample as exn:
-                        bad[exn.reason] += 1
-                        in_a_row += 1
+                        reason, err = exn.reason, exn
                         log.debug("stream %s: skipping sample %s of %s: %s", self.stream,
                                   raw.get("__key__"), raw.get("__url__"), exn)
-                        if in_a_row >= MAX_BAD_IN_A_ROW:
-                            raise RuntimeError(
-                                f"stream {self.stream} rank {self.rank} worker {worker}: "
-                                f"{in_a_row} bad samples in a row (last: {exn} in {raw.get('__url__')}); "
-                                f"bad so far by reason: {dict(bad)}") from None
+                    except Exception as exn:  # e.g. an image PIL decodes but a transform rejects
+                        reason, err = "decode_error", exn
+                        if not unexpected_logged:  # with its traceback, once per worker
+                            log.warning("stream %s: skipping sample %s of %s", self.stream,
+                                        raw.get("__key__"), raw.get("__url__"), exc_info=True)
+                            unexpected_logged = True
+                    bad[reason] += 1
+                    in_a_row += 1
+                    if in_a_row >= MAX_BAD_IN_A_ROW:  # the data or the code is wrong, not a sample
+                        raise RuntimeError(
+                            f"stream {self.stream} rank {self.rank} worker {worker}: {in_a_row} bad "
+                            f"samples in a row (last: sample {raw.get('__key__')!r} of {raw.get('__url__')}: "
+                            f"{type(err).__name__}: {err})") from err
                 batch = decoder.collate(examples)
                 batches += 1
                 meta = {

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# End-to-end demo on CPU, nothing downloaded:
+#   synthetic world -> webdataset shards + BPE tokenizer -> 2-rank DeepSpeed ZeRO-3 pretraining of
+#   the tiny model -> export (consolidated safetensors) -> reload with XFM.from_pretrained and
+#   score image-text retrieval on the world's held-out pictures.
+# Outputs under ${XFM_DATA:-data}/ (world) and ${XFM_RUNS:-runs}/demo (run). Re-running reuses the
+# world and resumes the run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+export XFM_DATA=${XFM_DATA:-data}
+RUN=${XFM_RUNS:-runs}/demo
+STEPS=${DEMO_STEPS:-300}
+NPROC=${DEMO_NPROC:-2}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} DS_ACCELERATOR=${DS_ACCELERATOR:-cpu} TOKENIZERS_PARALLELISM=false
+
+echo "== 1/4 synthetic world + shards + tokenizer -> $XFM_DATA/world"
+if [ ! -f "$XFM_DATA/world/world.json" ]; then
+  $PY -m xfm.data_prep.cli synth --out "$XFM_DATA/world" --seed 0 --size demo --prepare
+else
+  $PY -c "from xfm.data_prep.synth import prepare_world; prepare_world('$XFM_DATA/world', seed=0, size='demo')"
+fi
+
+echo "== 2/4 pretraining: $NPROC ranks, ZeRO-3, $STEPS steps -> $RUN"
+RESUME=()
+[ -f "$RUN/checkpoints/latest" ] && RESUME=(--resume)
+$PY -m torch.distributed.run --standalone --nproc_per_node "$NPROC" -m xfm.pretrain.cli \
+  --config configs/pretrain/demo.yaml --out "$RUN" --steps "$STEPS" "${RESUME[@]}"
+
+echo "== 3/4 export -> $RUN/export"
+$PY -m xfm.pretrain.export "$RUN" --out "$RUN/export"
+
+echo "== 4/4 reload and evaluate zero-shot retrieval on held-out pictures"
+$PY scripts/demo_eval.py --model "$RUN/export" --world "$XFM_DATA/world" --metrics "$RUN/demo_eval.json"
