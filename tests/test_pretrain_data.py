@@ -386,6 +386,25 @@ def test_resume_equals_uninterrupted_with_two_workers(data):
     assert live_counters["pairs"]["bad_total"] > 0
 
 
+def test_resume_at_every_position_equals_uninterrupted(data):
+    # batch 4, block 6: positions land inside blocks, exactly on block ends (k=3, 6), on shard
+    # ends and in the second epoch (21 samples per pass)
+    cfg = make_cfg(data, kinds=("pairs", "text"), workers=0, batch=4, buffer=6)
+    total = 9
+    with StreamSet(cfg, seed=13) as live:
+        states, expected = [], {n: [] for n in live.names}
+        for _ in range(total):
+            states.append(live.state_dict())
+            for n in live.names:
+                expected[n].append(next(live[n]))
+    for k in range(1, total):
+        with StreamSet(cfg, seed=13) as resumed:
+            resumed.load_state_dict(states[k])
+            for n in resumed.names:
+                for i in range(k, min(k + 2, total)):
+                    assert_batches_equal(next(resumed[n]), expected[n][i])
+
+
 def test_resume_skips_consumed_samples_without_decoding_them(data, monkeypatch):
     from xfm.pretrain.data.samples import PairsDecoder
 

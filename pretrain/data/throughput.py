@@ -10,10 +10,11 @@ from .streams import StreamSet
 
 
 def measure_loader_throughput(cfg: DataConfig, stream: str, *, seconds: float | None = None,
-                              batches: int | None = None, warmup_batches: int = 2, rank: int = 0,
+                              batches: int | None = None, warmup_batches: int | None = None, rank: int = 0,
                               world_size: int = 1, seed: int = 0) -> dict[str, Any]:
     """Pull batches of ``stream`` for ``seconds`` or ``batches`` (after ``warmup_batches``, which
-    absorb worker start-up and the first shuffle-buffer fill) and report the rates.
+    absorb worker start-up and each worker's first shuffle-block fill; default: one batch per
+    worker + 1) and report the rates.
 
     Returns ``{"stream", "num_workers", "batches", "samples", "tokens", "seconds",
     "batches_per_s", "samples_per_s", "tokens_per_s", "bad"}``.
@@ -22,6 +23,8 @@ def measure_loader_throughput(cfg: DataConfig, stream: str, *, seconds: float | 
         raise ValueError("give exactly one of seconds= or batches=")
     if seconds is not None and seconds <= 0 or batches is not None and batches < 1:
         raise ValueError("seconds must be > 0 and batches >= 1")
+    if warmup_batches is None:
+        warmup_batches = max(2, cfg.workers_for(stream) + 1)
     with StreamSet(cfg, rank=rank, world_size=world_size, seed=seed, streams=[stream]) as streams:
         s = streams[stream]
         for _ in range(warmup_batches):

@@ -72,7 +72,7 @@ class ImageTransform:
                 img = TF.resized_crop(img, i, j, h, w, [self.size, self.size],
                                       interpolation=InterpolationMode.BICUBIC)
             else:
-                img = img.resize((self.size, self.size), Image.BICUBIC)
+                img = img.resize((self.size, self.size), Image.Resampling.BICUBIC)
             if aug.hflip and rng.random() < 0.5:
                 img = TF.hflip(img)
             if self.randaug is not None:
@@ -130,7 +130,7 @@ class RegionTransform:
             cy1 = int(rng.integers(int(np.ceil(uy1)), H + 1))
         else:
             cx0, cy0, cx1, cy1 = 0, 0, W, H
-        img = img.crop((cx0, cy0, cx1, cy1)).resize((self.size, self.size), Image.BICUBIC)
+        img = img.crop((cx0, cy0, cx1, cy1)).resize((self.size, self.size), Image.Resampling.BICUBIC)
         out = np.empty_like(boxes)
         out[:, [0, 2]] = (boxes[:, [0, 2]] - cx0) / (cx1 - cx0)
         out[:, [1, 3]] = (boxes[:, [1, 3]] - cy0) / (cy1 - cy0)
