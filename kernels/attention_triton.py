@@ -215,10 +215,20 @@ def _attn_bwd_dq(
              mask=row_ok[:, None] & d_ok[None, :])
 
 
-def _blocks(q: torch.Tensor, Lq: int, Lk: int, D: int):
+def launch_config(dtype: torch.dtype, Lq: int, Lk: int, D: int) -> dict:
+    """Fixed tile sizes and launch options (no autotuning: it cannot run without a GPU).
+
+    Tiles follow the sequence lengths (30 -> 32, 197 -> 64; see ``pick_block``). fp32 takes IEEE
+    products without tensor cores, whose operand tiles are twice as large: fewer pipeline stages
+    (and 32-wide tiles at head dim 128) keep shared memory under 100 KB per program on sm_80/90,
+    which tests/test_kernels_compile.py checks by compiling for sm_90 without a GPU.
+    """
     block_d = max(16, triton.next_power_of_2(D))
-    cap = 32 if q.dtype == torch.float64 or block_d > 64 and q.dtype == torch.float32 else 64
-    return pick_block(Lq, cap), pick_block(Lk, cap), block_d
+    wide = dtype == torch.float64 or (dtype == torch.float32 and block_d > 64)
+    cap = 32 if wide else 64
+    return dict(BLOCK_M=pick_block(Lq, cap), BLOCK_N=pick_block(Lk, cap), BLOCK_D=block_d,
+                ACC=acc_dtype(dtype), UPCAST=upcast_dot(dtype), num_warps=4,
+                num_stages=2 if dtype in (torch.float32, torch.float64) else 3)
 
 
 def _mask_strides(mask, shape):
@@ -232,7 +242,8 @@ class _TritonAttention(torch.autograd.Function):
     def forward(ctx, q, k, v, mask, scale):
         B, H, Lq, D = q.shape
         Lk = k.shape[2]
-        block_m, block_n, block_d = _blocks(q, Lq, Lk, D)
+        cfg = launch_config(q.dtype, Lq, Lk, D)
+        block_m = cfg["BLOCK_M"]
         out = torch.empty((B, H, Lq, D), device=q.device, dtype=q.dtype)
         acc_t = torch.float64 if q.dtype == torch.float64 else torch.float32
         lse = torch.empty((B * H, Lq), device=q.device, dtype=acc_t)
@@ -243,19 +254,19 @@ class _TritonAttention(torch.autograd.Function):
                 q, k, v, m_arg, out, lse,
                 *q.stride(), *k.stride(), *v.stride(), *_mask_strides(mask, (B, H, Lq, Lk)), *out.stride(),
                 H, Lq, Lk, D, scale,
-                HAS_MASK=mask is not None, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
-                ACC=acc_dtype(q.dtype), UPCAST=upcast_dot(q.dtype), num_warps=4,
+                HAS_MASK=mask is not None, **cfg,
             )
         ctx.save_for_backward(q, k, v, mask, out, lse)
         ctx.scale = scale
-        ctx.blocks = (block_m, block_n, block_d)
+        ctx.cfg = cfg
         return out
 
     @staticmethod
     def backward(ctx, dout):
         q, k, v, mask, out, lse = ctx.saved_tensors
         scale = ctx.scale
-        block_m, block_n, block_d = ctx.blocks
+        cfg = ctx.cfg
+        block_m, block_n = cfg["BLOCK_M"], cfg["BLOCK_N"]
         B, H, Lq, D = q.shape
         Lk = k.shape[2]
         acc_t = lse.dtype
@@ -271,8 +282,7 @@ class _TritonAttention(torch.autograd.Function):
             *q.stride(), *k.stride(), *v.stride(), *_mask_strides(mask, (B, H, Lq, Lk)), *dout.stride(),
             H, Lq, Lk, D, scale,
         )
-        meta = dict(HAS_MASK=mask is not None, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
-                    ACC=acc_dtype(q.dtype), UPCAST=upcast_dot(q.dtype), num_warps=4)
+        meta = dict(HAS_MASK=mask is not None, **cfg)
         with launch_device(q):
             _attn_bwd_dkdv[(triton.cdiv(Lk, block_n), B * H)](q, k, v, m_arg, dout, lse, delta, dk, dv, *common, **meta)
             _attn_bwd_dq[(triton.cdiv(Lq, block_m), B * H)](q, k, v, m_arg, dout, lse, delta, dq, ds, *common,

@@ -37,7 +37,7 @@ from .triton_common import (
     upcast_dot,
 )
 
-MAX_FEATURE_DIM = 1024
+MAX_FEATURE_DIM = 512
 
 
 @triton.jit
@@ -125,15 +125,22 @@ def _row_grad(
     tl.store(GS + rows, gs, mask=row_ok)
 
 
-def _blocks(n: int, d: int, dtype: torch.dtype):
+def launch_config(dtype: torch.dtype, n: int, d: int) -> dict:
+    """Fixed tile sizes and launch options (no autotuning without a GPU). Each program holds a
+    (BLOCK_M, d) row tile and streams (BLOCK_N, d) tiles; fp32 (IEEE products, 4-byte operands)
+    uses 32-row tiles at d >= 256 and two pipeline stages to stay under ~100 KB of shared memory
+    (checked by tests/test_kernels_compile.py)."""
     block_d = max(16, triton.next_power_of_2(d))
     if INTERPRETED:
         # Few, large tiles: the interpreter's cost is per tile, not per element.
         cap = 128
+    elif dtype in (torch.float32, torch.float64):
+        cap = 32 if block_d >= 256 else 64
     else:
-        cap = 64 if block_d <= 256 and dtype != torch.float64 else 32
+        cap = 64 if block_d <= 256 else 32
     block = pick_block(n, cap)
-    return block, block, block_d
+    return dict(BLOCK_M=block, BLOCK_N=block, BLOCK_D=block_d, ACC=acc_dtype(dtype), UPCAST=upcast_dot(dtype),
+                num_warps=8 if block_d >= 256 else 4, num_stages=2 if dtype in (torch.float32, torch.float64) or block_d > 256 else 3)
 
 
 class _TritonContrastive(torch.autograd.Function):
@@ -141,10 +148,8 @@ class _TritonContrastive(torch.autograd.Function):
     def forward(ctx, image_feat, text_feat, temp, ids):
         n, d = image_feat.shape
         acc_t = torch.float64 if image_feat.dtype == torch.float64 else torch.float32
-        bm, bn, bd = _blocks(n, d, image_feat.dtype)
-        meta = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, ACC=acc_dtype(image_feat.dtype),
-                    UPCAST=upcast_dot(image_feat.dtype), num_warps=8 if bd >= 256 else 4)
-        grid = (triton.cdiv(n, bm),)
+        meta = launch_config(image_feat.dtype, n, d)
+        grid = (triton.cdiv(n, meta["BLOCK_M"]),)
         stats = torch.empty((6, n), device=image_feat.device, dtype=acc_t)
         lse_r, pos_r, cnt, lse_c, pos_c, cnt_c = stats.unbind(0)
         with launch_device(image_feat):

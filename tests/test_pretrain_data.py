@@ -466,3 +466,18 @@ def test_measure_loader_throughput(data):
     assert r["batches"] == 3 and r["samples"] == 9 and r["samples_per_s"] > 0 and r["tokens_per_s"] > 0
     with pytest.raises(ValueError, match="exactly one"):
         measure_loader_throughput(cfg, "pairs")
+
+
+def test_throughput_command_reads_the_data_section_of_a_config(data, tmp_path, capsys):
+    import yaml
+
+    from xfm.pretrain.data.throughput import main
+
+    cfg = {"model": {"size": "tiny"}, "data": {
+        "tokenizer": str(data / "tok"), "image_size": 32, "patch_size": 8, "num_workers": 0,
+        "text": {"sources": [{"urls": str(data / "text" / "text-{000000..000002}.tar")}], "batch_size": 2}}}
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    main(["--config", str(path), "--batches", "2", "--set", "data.text.batch_size=3"])
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(r["stream"], r["batches"], r["samples"]) for r in rows] == [("text", 2, 6)]

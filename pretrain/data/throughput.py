@@ -42,3 +42,35 @@ def measure_loader_throughput(cfg: DataConfig, stream: str, *, seconds: float | 
     return {"stream": stream, "num_workers": cfg.workers_for(stream), "batches": n, "samples": samples,
             "tokens": tokens, "seconds": dt, "batches_per_s": n / dt, "samples_per_s": samples / dt,
             "tokens_per_s": tokens / dt, "bad": after["bad"]}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m xfm.pretrain.data.throughput --config configs/pretrain/tiny.yaml [--stream pairs]
+    [--batches N | --seconds S] [--workers K] [--set data.key=value]``: one JSON line per stream."""
+    import argparse
+    import json
+
+    from xfm.config import apply_overrides, from_dict, read_yaml
+
+    p = argparse.ArgumentParser(description=main.__doc__)
+    p.add_argument("--config", required=True, help="a pretraining YAML; its data: section is used")
+    p.add_argument("--stream", action="append", help="stream(s) to measure (default: all configured)")
+    p.add_argument("--batches", type=int)
+    p.add_argument("--seconds", type=float)
+    p.add_argument("--workers", type=int, help="override data.num_workers")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    args = p.parse_args(argv)
+    overrides = list(args.set) + ([f"data.num_workers={args.workers}"] if args.workers is not None else [])
+    data = apply_overrides(read_yaml(args.config), overrides).get("data")
+    if data is None:
+        raise SystemExit(f"{args.config}: no data: section")
+    cfg = from_dict(DataConfig, data, f"{args.config}: data")
+    if args.batches is None and args.seconds is None:
+        args.batches = 50
+    for stream in args.stream or cfg.enabled:
+        r = measure_loader_throughput(cfg, stream, batches=args.batches, seconds=args.seconds)
+        print(json.dumps({k: (round(v, 2) if isinstance(v, float) else v) for k, v in r.items()}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
