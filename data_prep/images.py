@@ -13,7 +13,7 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 ORIENTATION_TAG = 0x0112
 
@@ -121,6 +121,11 @@ def _open(data: bytes) -> Image.Image:
         return img
     except Image.DecompressionBombError as e:
         raise ImageError("image_too_large", str(e)) from None
+    except UnidentifiedImageError:
+        # PIL's own message names the BytesIO object by memory address: it would make
+        # rejected.jsonl differ between runs (and between --workers 1 and N)
+        raise ImageError("undecodable_image",
+                         f"not an image file PIL can read (starts with {data[:8]!r})") from None
     except Exception as e:
         raise ImageError("undecodable_image", f"{type(e).__name__}: {e}") from None
 

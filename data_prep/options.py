@@ -3,6 +3,7 @@
 ``workers``, ``progress`` and ``max_bad_fraction`` do not."""
 from __future__ import annotations
 
+import codecs
 import re
 from dataclasses import asdict, dataclass, fields
 
@@ -38,6 +39,8 @@ class ShardOptions:
     dedup: bool = False
     overwrite: bool = False
     progress: bool = True
+    # pairs (CSV/TSV) and text: how the input text files are encoded
+    encoding: str = "utf-8"
     # pairs (CSV/TSV)
     image_column: str | None = None
     caption_column: str | None = None
@@ -80,6 +83,10 @@ class ShardOptions:
             raise ValueError("--box-frame must be auto, raw or oriented")
         if self.doc_sep not in ("auto", "line", "blank"):
             raise ValueError("--doc-sep must be auto, line or blank")
+        try:
+            self.encoding = codecs.lookup(self.encoding).name
+        except LookupError:
+            raise ValueError(f"--encoding: unknown text encoding {self.encoding!r}") from None
 
     @classmethod
     def build(cls, kind: str, **options) -> "ShardOptions":
@@ -101,9 +108,9 @@ class ShardOptions:
 # options that only mean something for one kind
 KIND_OPTIONS = {
     "pairs": ("images", "resize", "quality", "resample", "dedup", "image_column", "caption_column",
-              "no_header", "splits"),
+              "no_header", "splits", "encoding"),
     "regions": ("images", "resize", "quality", "resample", "dedup", "box_frame", "box_tolerance",
                 "captions"),
-    "text": ("text_field", "doc_sep", "max_chars"),
+    "text": ("text_field", "doc_sep", "max_chars", "encoding"),
     "images": ("resize", "quality", "resample", "dedup", "classes", "shuffle_seed"),
 }

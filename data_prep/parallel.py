@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import multiprocessing
+import signal
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from typing import Callable, Iterable, Iterator
@@ -22,6 +23,12 @@ def chunked(items: Iterable, size: int) -> Iterator[list]:
         yield chunk
 
 
+def _ignore_sigint():
+    # Ctrl-C reaches the whole process group: only the parent handles it (it stops the run and
+    # keeps the completed shards); workers printing their own tracebacks would only be noise
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def ordered_map(fn: Callable, arg, items: Iterable, workers: int, chunk_size: int = 16,
                 window_per_worker: int = 4) -> Iterator[tuple]:
     """Yield ``(item, result)`` for ``result in fn(arg, chunk)`` (fn maps a list to a list), in
@@ -33,7 +40,8 @@ def ordered_map(fn: Callable, arg, items: Iterable, workers: int, chunk_size: in
     # fork: workers inherit the imported modules (fast start); they touch no shared state
     ctx = multiprocessing.get_context("fork")
     window = max(2, workers * window_per_worker)
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx,
+                             initializer=_ignore_sigint) as pool:
         pending: deque = deque()
         chunks = chunked(items, chunk_size)
         try:

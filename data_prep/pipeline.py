@@ -21,7 +21,7 @@ from .records import Rejection
 from .tario import atomic_write_bytes
 from .writer import ShardWriter
 
-STATS_VERSION = 1
+STATS_VERSION = 2      # bump when the progress state changes: old state is then not resumed
 
 
 class TooManyBadInputs(RuntimeError):
@@ -44,18 +44,28 @@ def _run_fingerprint(kind, input_fp, opts: ShardOptions, files, class_map) -> st
 
 
 def _check_bad(writer: ShardWriter, opts: ShardOptions, out: str, final: bool):
-    if writer.candidates == 0 or (not final and writer.candidates < opts.bad_check_after):
-        return
-    fraction = writer.bad / writer.candidates
-    if fraction > opts.max_bad_fraction:
+    """Abort when more than --max-bad-fraction of the samples, or of the region items (a box
+    outside the image drops one (phrase, box) item of a kept image), were rejected."""
+    checks = (("samples", writer.bad, writer.candidates, "sample"),
+              ("region items", writer.regions_bad, writer.regions_seen, "region"))
+    for what, bad, seen, level in checks:
+        if seen == 0 or (not final and seen < opts.bad_check_after):
+            continue
+        fraction = bad / seen
+        if fraction <= opts.max_bad_fraction:
+            continue
         reasons = Counter()
         for r in writer.all_rejections():
-            if r["level"] == "sample":
+            if r["level"] == level:
                 reasons[r["reason"]] += 1
         top = ", ".join(f"{k} {v}" for k, v in reasons.most_common(5))
+        hint = ""
+        if reasons and reasons.most_common(1)[0][0] == "missing_file":
+            hint = (" Relative image paths are looked up under --images (default: the folder of "
+                    "the annotation file); is it the right folder?")
         raise TooManyBadInputs(
-            f"aborting: {writer.bad} of {writer.candidates} samples rejected ({fraction:.1%}), "
-            f"more than --max-bad-fraction {opts.max_bad_fraction:.1%}. Reasons: {top}. Every "
+            f"aborting: {bad} of {seen} {what} rejected ({fraction:.1%}), more than "
+            f"--max-bad-fraction {opts.max_bad_fraction:.1%}. Reasons: {top}.{hint} Every "
             f"rejected item is listed in {os.path.join(out, 'rejected.jsonl')}")
 
 
@@ -176,6 +186,10 @@ def _stats(kind, inputs, files, opts, writer, input_fp, n_records, class_map) ->
             "records": n_records,
             "rejected_samples": rejected_samples,
             "rejected_regions": sum(totals["skipped_regions"].values()),
+            **({"regions": totals["regions_kept"],
+                "region_bad_fraction": (round(writer.regions_bad / writer.regions_seen, 6)
+                                        if writer.regions_seen else 0.0)}
+               if kind == "regions" else {}),
             "bad_fraction": round(writer.bad / writer.candidates, 6) if writer.candidates else 0.0,
             "images_passthrough": totals["images_passthrough"],
             "images_reencoded": totals["images_reencoded"],

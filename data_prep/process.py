@@ -137,7 +137,7 @@ def process_regions(rec: Record, opts: ShardOptions) -> list:
     meta = {"image_id": str(rec.image_id), "width": img.width, "height": img.height,
             "caption": caption, "regions": regions}
     out.append(Sample({"jpg": img.data, "json": _meta_json(meta)}, str(rec.image_id), digest,
-                      img.passthrough, clipped))
+                      img.passthrough, clipped, len(regions)))
     return out
 
 

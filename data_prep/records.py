@@ -73,3 +73,4 @@ class Sample:
     image_hash: str | None = None        # sha256 of the original image bytes (for --dedup)
     passthrough: bool | None = None      # image bytes kept as they were (no re-encode)
     clipped_boxes: int = 0               # regions: boxes clipped to the image border
+    regions_kept: int = 0                # regions: (phrase, box) items in this sample

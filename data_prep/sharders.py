@@ -56,7 +56,8 @@ def _common(p: argparse.ArgumentParser, kind: str):
                    help="max bytes per shard, e.g. 1G, 500M (a single bigger sample gets its own "
                    "shard)")
     p.add_argument("--max-bad-fraction", type=float, default=0.1,
-                   help="abort when more than this fraction of samples is rejected")
+                   help="abort when more than this fraction of the samples (or, for regions, of "
+                   "the (phrase, box) items) is rejected")
     p.add_argument("--bad-check-after", type=int, default=1000,
                    help="enforce --max-bad-fraction once this many samples were seen (and at the end)")
     p.add_argument("--overwrite", action="store_true",
@@ -84,6 +85,8 @@ def add_parser(subparsers):
                            "--no-header)")
             p.add_argument("--caption-column", help="CSV/TSV caption column")
             p.add_argument("--no-header", action="store_true", help="CSV/TSV has no header row")
+            p.add_argument("--encoding", default="utf-8",
+                           help="text encoding of CSV/TSV files (e.g. latin-1)")
             p.add_argument("--splits", default="train,restval",
                            help="Karpathy splits to use, comma separated, or 'all'")
         if kind == "regions":
@@ -101,6 +104,9 @@ def add_parser(subparsers):
             p.add_argument("--text-field", default="text", help="JSON lines field with the text")
             p.add_argument("--doc-sep", choices=("auto", "line", "blank"), default="auto",
                            help=".txt documents: one per line, or separated by blank lines")
+            p.add_argument("--encoding", default="utf-8",
+                           help="text encoding of the input files (e.g. latin-1, cp1252); a "
+                           "document that does not decode is rejected as bad_encoding")
             p.add_argument("--max-chars", type=int, default=2000,
                            help="split longer documents on sentence boundaries (0: never)")
         if kind == "images":
@@ -128,4 +134,8 @@ def _main(args) -> int:
     except (MalformedInputError, TooManyBadInputs, OutputDirError, ValueError) as e:
         print(f"xfm-prep {args.kind}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"\nxfm-prep {args.kind}: interrupted; the completed shards in {args.out} are kept: "
+              f"run the same command again to resume after them", file=sys.stderr)
+        return 130
     return 0

@@ -176,6 +176,9 @@ def verify_shard(args) -> dict:
 def verify(out_dir: str, workers: int = 1, log=print) -> dict:
     """-> {"kind", "shards", "samples", "problems": [...]} (problems empty when all is well)."""
     problems = []
+    if not os.path.isdir(out_dir):
+        return {"kind": None, "shards": 0, "samples": 0,
+                "problems": [f"{out_dir}: no such folder"]}
     stats_path = os.path.join(out_dir, "stats.json")
     stats = None
     if os.path.exists(stats_path):

@@ -51,12 +51,13 @@ class _Range:
         self.passthrough = 0
         self.reencoded = 0
         self.clipped_boxes = 0
+        self.regions_kept = 0
 
     def to_state(self) -> dict:
         return {"rejected": self.rejected, "skipped": dict(self.skipped),
                 "skipped_regions": dict(self.skipped_regions), "hashes": self.hashes,
                 "passthrough": self.passthrough, "reencoded": self.reencoded,
-                "clipped_boxes": self.clipped_boxes}
+                "clipped_boxes": self.clipped_boxes, "regions_kept": self.regions_kept}
 
 
 class ShardWriter:
@@ -78,6 +79,8 @@ class ShardWriter:
         self._range = _Range()
         self.candidates = 0                # samples written + sample-level rejections
         self.bad = 0
+        self.regions_seen = 0              # regions: items kept + items rejected one by one
+        self.regions_bad = 0
         self.on_shard = None               # callback(state) after each completed shard
 
     # -- set-up / resume -------------------------------------------------------------------
@@ -143,6 +146,9 @@ class ShardWriter:
         sample_bad = sum(state["skipped"].values())
         self.bad += sample_bad
         self.candidates += sample_bad + state["samples"]
+        regions_bad = sum(state["skipped_regions"].values())
+        self.regions_bad += regions_bad
+        self.regions_seen += regions_bad + state.get("regions_kept", 0)
 
     # -- writing ---------------------------------------------------------------------------
     def duplicate_of(self, image_hash: str, image_id: str) -> str | None:
@@ -172,11 +178,15 @@ class ShardWriter:
         elif sample.passthrough is False:
             self._range.reencoded += 1
         self._range.clipped_boxes += sample.clipped_boxes
+        self._range.regions_kept += sample.regions_kept
+        self.regions_seen += sample.regions_kept
 
     def reject(self, rejection: Rejection):
         self._range.rejected.append(rejection.to_dict())
         if rejection.level == "region":
             self._range.skipped_regions[rejection.reason] += 1
+            self.regions_seen += 1
+            self.regions_bad += 1
         else:
             self._range.skipped[rejection.reason] += 1
             self.candidates += 1
@@ -218,17 +228,18 @@ class ShardWriter:
 
     def totals(self) -> dict:
         skipped, skipped_regions = Counter(), Counter()
-        passthrough = reencoded = clipped = 0
+        passthrough = reencoded = clipped = kept = 0
         for part in [*self.shards, self._range.to_state()]:
             skipped.update(part["skipped"])
             skipped_regions.update(part["skipped_regions"])
             passthrough += part["passthrough"]
             reencoded += part["reencoded"]
             clipped += part["clipped_boxes"]
+            kept += part.get("regions_kept", 0)
         return {"skipped": dict(sorted(skipped.items())),
                 "skipped_regions": dict(sorted(skipped_regions.items())),
                 "images_passthrough": passthrough, "images_reencoded": reencoded,
-                "boxes_clipped": clipped}
+                "boxes_clipped": clipped, "regions_kept": kept}
 
     def pattern(self) -> str | None:
         if not self.shards:

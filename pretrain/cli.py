@@ -43,6 +43,10 @@ def overrides_from_args(args) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    import warnings
+
+    # DeepSpeed 0.19.8 calls collectives torch 2.14 marks deprecated, once per call site
+    warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated")
     if args.local_rank is not None:
         os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
     from xfm.config import ConfigError

@@ -158,8 +158,10 @@ class PretrainConfig:
 
 def load_pretrain_config(path: str, overrides: list[str] | None = None) -> PretrainConfig:
     cfg = load_config(path, PretrainConfig, overrides)
-    model_cfg = cfg.model.build()  # surface bad model overrides now, naming the file
-    del model_cfg
+    try:
+        cfg.model.build()  # surface bad model overrides now, naming the file
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
     return cfg
 
 

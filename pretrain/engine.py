@@ -241,18 +241,20 @@ def load_full_state_dict(model: nn.Module, state: dict, rank: int, strict: bool 
     return missing
 
 
-def _write_own_partition(param: nn.Parameter, full: torch.Tensor) -> None:
-    """Write this rank's slice of ``full`` into a ZeRO-3 parameter's local partition."""
+def _write_own_partition(param: nn.Parameter, full: torch.Tensor, target: torch.Tensor | None = None) -> None:
+    """Write this rank's slice of ``full`` into a ZeRO-3 parameter's local partition (or into
+    ``target``, a tensor laid out like it: the optimizer's fp32 master slice). The last
+    partition is padded, so only the elements that exist are written."""
     import torch.distributed as dist
 
-    part = param.ds_tensor
-    n = part.numel()
+    part = param.ds_tensor if target is None else target
+    n = param.ds_tensor.numel()
     start = n * dist.get_rank(group=param.ds_process_group)
     flat = full.reshape(-1).to(part.dtype)
-    k = max(0, min(n, flat.numel() - start))
+    k = max(0, min(part.numel(), flat.numel() - start))
     if k:
         with torch.no_grad():
-            part.data[:k].copy_(flat[start:start + k])
+            part.data.view(-1)[:k].copy_(flat[start:start + k])
 
 
 @contextlib.contextmanager
@@ -291,10 +293,15 @@ def clamp_parameter_(param: nn.Parameter, lo: float, hi: float) -> tuple[bool, f
     if changed:
         if hasattr(param, "ds_id"):
             _write_own_partition(param, clamped)  # every rank holds the same gathered value
+            # the fp32 master slice (DeepSpeed's set_full_hp_param fails on padded partitions)
+            opt = getattr(param, "_z3_optimizer", None)
+            if opt is not None:
+                master, _ = opt._get_fp32_opt_state_partition(param, release_swap_buffers=True)
+                _write_own_partition(param, clamped.float(), target=master)
         else:
             with torch.no_grad():
                 param.data.copy_(clamped)
-        safe_set_full_fp32_param(param, clamped.float())
+            safe_set_full_fp32_param(param, clamped.float())
     return changed, float(clamped.reshape(-1)[0])
 
 

@@ -207,3 +207,41 @@ def test_load_pretrained_logs_the_detected_format(tmp_path, tiny_sd, caplog):
     with caplog.at_level("INFO", logger="xfm.checkpoint"):
         load_pretrained(save_official(tmp_path, bad, "partial.th"), num_heads=4, strict=False)
     assert any(r.levelname == "WARNING" and "MISSING (6" in r.getMessage() for r in caplog.records)
+
+
+GOOD_BERT = {"model_type": "bert", "vocab_size": 10, "hidden_size": 64, "num_hidden_layers": 1,
+             "num_attention_heads": 1, "intermediate_size": 8, "max_position_embeddings": 8}
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"hidden_act": "gelu_new"}, r"hf/config\.json: hidden_act 'gelu_new'"),
+    ({"position_embedding_type": "relative_key"}, r"hf/config\.json: position_embedding_type 'relative_key'"),
+    ({"num_hidden_layers": None}, r"hf/config\.json: missing field\(s\) \['num_hidden_layers'\]"),
+])
+def test_hf_config_that_would_compute_differently_is_refused(tmp_path, change, message):
+    d = tmp_path / "hf"
+    d.mkdir()
+    cfg = {k: v for k, v in {**GOOD_BERT, **change}.items() if v is not None}
+    (d / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match=message):
+        load_pretrained(d)
+
+
+def test_contradicting_arguments_are_named(tmp_path, tiny_sd):
+    path = save_official(tmp_path, tiny_sd, "args.th")
+    with pytest.raises(CheckpointError, match=r"args\.th: fusion_from_text applies to Hugging Face"):
+        load_pretrained(path, num_heads=4, fusion_from_text=True)
+    with pytest.raises(CheckpointError, match=r"args\.th: unknown size 'huge'"):
+        load_pretrained(path, num_heads=4, size="huge")
+    with pytest.raises(CheckpointError, match=r"args\.th .*text\.hidden_size 64 not divisible by num_heads 3"):
+        load_pretrained(path, num_heads=3)
+    # fusion and text widths must agree (the fusion encoder runs on the text states)
+    narrow = dict(tiny_sd)
+    narrow["text_encoder.roberta.embeddings.word_embeddings.weight"] = torch.zeros(1000, 48)
+    with pytest.raises(CheckpointError, match=r"narrow\.th: fusion width 64 differs from the text width 48"):
+        load_pretrained(save_official(tmp_path, narrow, "narrow.th"))
+    # a width that is not a multiple of 64 cannot default its head count: the error says what to pass
+    from xfm.checkpoint.build_config import default_heads
+    with pytest.raises(CheckpointError, match=r"x\.th: text/fusion width 48 is not a multiple of 64.*num_heads="):
+        default_heads(48, "text/fusion", "x.th")
+    assert default_heads(768, "text/fusion", "x.th") == 12

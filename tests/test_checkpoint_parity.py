@@ -68,7 +68,7 @@ def roberta_dir(tmp_path_factory):
 
 def test_bert_hidden_states_and_mlm_logits(bert_dir):
     path, ref = bert_dir
-    model = load_pretrained(path, size="tiny")
+    model = XFM.from_pretrained(path, size="tiny")  # model.safetensors written by save_pretrained
     t = model.config.text
     assert (t.position_style, t.type_vocab_size, t.layer_norm_eps, t.pad_token_id) == ("bert", 2, 1e-12, 0)
     assert (t.hidden_size, t.num_layers, t.num_heads, t.vocab_size) == (64, 2, 4, 120)

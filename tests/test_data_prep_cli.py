@@ -43,12 +43,18 @@ def test_split_never_exceeds_limit_and_keeps_all_words():
 def test_cli_pairs_guess_printed_and_sizes_parsed(tmp_path):
     ann = fx.coco_captions(str(tmp_path / "raw"), 3)
     r = _cli("pairs", "--input", ann, "--images", str(tmp_path / "raw/images"), "--out",
-             str(tmp_path / "o"), "--shard-bytes", "10K", "--workers", "2", "--no-progress")
+             str(tmp_path / "o"), "--shard-bytes", "10K", "--workers", "2")
     assert r.returncode == 0, r.stderr
     assert "format coco-captions (guessed)" in r.stderr and "pattern:" in r.stderr
+    # the progress bar (records of the input) ends complete; --no-progress turns it off
+    assert "xfm-prep pairs: 100%" in r.stderr and "3/3" in r.stderr
     stats = json.load(open(tmp_path / "o/stats.json"))
     assert stats["options"]["shard_bytes"] == 10240 and stats["totals"]["samples"] == 6
     assert all(s["bytes"] <= 10240 for s in stats["shards"]) and len(stats["shards"]) > 2
+    # one JSON metrics line per completed shard, the last one with the run's totals
+    metrics = [json.loads(l) for l in open(tmp_path / "o/metrics.jsonl")]
+    assert [m["shard"] for m in metrics] == [s["name"] for s in stats["shards"]]
+    assert metrics[-1]["samples_total"] == 6 and metrics[-1]["samples_per_s"] > 0
     r = _cli("verify", str(tmp_path / "o"))
     assert r.returncode == 0 and "6 samples, 0 problem(s)" in r.stdout
 
@@ -69,6 +75,7 @@ def test_cli_text_and_images(tmp_path):
     r = _cli("text", "--input", str(tmp_path / "c.txt"), "--out", str(tmp_path / "t"),
              "--max-chars", "0", "--no-progress")
     assert r.returncode == 0 and "one document per line" in r.stderr
+    assert "%|" not in r.stderr                                 # no progress bar
     for c in ("a", "b"):
         fx.write_image(str(tmp_path / "cls" / c / "x.jpg"))
     r = _cli("images", "--input", str(tmp_path / "cls"), "--out", str(tmp_path / "i"),

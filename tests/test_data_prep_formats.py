@@ -10,6 +10,7 @@ import pytest
 import webdataset as wds
 
 from xfm.data_prep import fixtures as fx
+from xfm.data_prep.pipeline import TooManyBadInputs
 from xfm.data_prep.records import MalformedInputError
 from xfm.data_prep.sharders import shard
 
@@ -101,6 +102,18 @@ def test_csv_missing_column_fails_naming_file_and_column(tmp_path):
     (tmp_path / "short.csv").write_text("image,caption\na.jpg,x\nb.jpg\n")
     with pytest.raises(MalformedInputError, match=r"short\.csv: line 3: .*missing 'caption'"):
         shard("pairs", [str(tmp_path / "short.csv")], str(tmp_path / "o2"), **OPTS)
+    # an unclosed quote would swallow every later row into one caption: stop, naming the line;
+    # a stray quote inside an unquoted caption (5" screen) is kept as text
+    fx.write_image(str(tmp_path / "a.jpg"))
+    rows = 'image,caption\na.jpg,a 5" screen\na.jpg,"never closed\na.jpg,lost\na.jpg,"lost"\n'
+    for name, text in (("runaway.csv", rows), ("last.csv", rows.split("a.jpg,lost")[0])):
+        (tmp_path / name).write_text(text)
+        with pytest.raises(MalformedInputError, match=rf"{name}: line 3: a quoted field in this "
+                                                      r"row is never closed"):
+            shard("pairs", [str(tmp_path / name)], str(tmp_path / "o3"), **OPTS)
+    (tmp_path / "ok.csv").write_text(rows.split("a.jpg,\"never")[0])
+    stats = shard("pairs", [str(tmp_path / "ok.csv")], str(tmp_path / "o4"), **OPTS)
+    assert [s["txt"] for s in read_back(stats)] == [b'a 5" screen']
 
 
 def test_xfm_jsonl_paths_and_base64(tmp_path):
@@ -307,3 +320,89 @@ def test_exif_rotated_boxes_frame_from_declared_size(tmp_path):
     assert [m["regions"][0]["bbox"] for m in metas] == [[30.0, 20.0, 24.0, 30.0]] * 2
     assert all((m["width"], m["height"]) == (64, 96) for m in metas)
     assert stats["skipped"] == {"size_mismatch": 1}
+
+
+def _red_bbox(jpg: bytes):
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    a = np.asarray(Image.open(io.BytesIO(jpg)).convert("RGB")).astype(int)
+    ys, xs = np.nonzero((a[..., 0] > 170) & (a[..., 1] < 90) & (a[..., 2] < 90))
+    return [xs.min(), ys.min(), xs.max() + 1 - xs.min(), ys.max() + 1 - ys.min()]
+
+
+def test_region_boxes_cover_the_object_pixels_after_exif_and_resize(tmp_path):
+    """End to end through the sharder: the stored box of every region still frames the red
+    object in the stored JPEG (EXIF-rotated, PNG, CMYK inputs; shorter side resized to 60). The
+    same records as a JSON array give the same shards."""
+    raw = tmp_path / "r"
+    items = [("rot.jpg", "exif_rotated_jpeg", (300, 200), (40, 30, 120, 60)),
+             ("flat.png", "png", (300, 200), (150, 90, 90, 70)),
+             ("cmyk.jpg", "cmyk_jpeg", (200, 300), (20, 200, 60, 80))]
+    rows = []
+    for name, kind, size, box in items:
+        fx.write_image(str(raw / name), kind, size=size, box=box)
+        rows.append({"image": name, "text": f"red thing in {name}", "bbox": list(box)})
+        rows.append({"image": name, "text": "the whole picture", "bbox": [0, 0, *size]})
+    stats = shard("regions", [_jsonl(raw / "refs.jsonl", rows)], str(tmp_path / "o"), resize=60,
+                  **OPTS)
+    samples = read_back(stats)
+    assert len(samples) == 3 and stats["totals"]["regions"] == 6
+    for s, (name, kind, size, box) in zip(samples, items):
+        meta = json.loads(s["json"])
+        assert min(meta["width"], meta["height"]) == 60
+        red, whole = meta["regions"]
+        got = _red_bbox(s["jpg"])
+        assert all(abs(g - b) <= 1.5 for g, b in zip(got, red["bbox"])), (name, got, red["bbox"])
+        assert whole["bbox"] == [0.0, 0.0, float(meta["width"]), float(meta["height"])]
+    # EXIF orientation 6: the upright stored picture is portrait
+    assert json.loads(samples[0]["json"])["height"] > json.loads(samples[0]["json"])["width"]
+    arr = _dump(raw / "refs.json", rows)
+    stats2 = shard("regions", [arr], str(tmp_path / "o2"), resize=60, **OPTS)
+    assert stats2["formats"][0]["format"] == "refcoco"
+    assert [s["json"] for s in read_back(stats2)] == [s["json"] for s in samples]
+
+
+def test_region_items_count_against_max_bad_fraction(tmp_path):
+    """Boxes outside the image drop single (phrase, box) items from kept images; when most boxes
+    are bad (e.g. [x1, y1, x2, y2] given as [x, y, w, h]) the run stops instead of quietly
+    keeping the rest."""
+    raw = tmp_path / "vg"
+    regs = []
+    for i in range(4):
+        fx.write_image(str(raw / f"{i + 1}.jpg"), seed=i)          # 96x64
+        regs.append({"id": i + 1, "regions": [
+            {"image_id": i + 1, "x": 20, "y": 10, "width": 30, "height": 24, "phrase": "box"},
+            {"image_id": i + 1, "x": 60, "y": 30, "width": 90, "height": 60, "phrase": "xyxy"}]})
+    ann = _dump(raw / "region_descriptions.json", regs)
+    with pytest.raises(TooManyBadInputs, match=r"4 of 8 region items rejected \(50\.0%\).*"
+                                               r"box_outside_image 4"):
+        shard("regions", [ann], str(tmp_path / "o"), images=str(raw), progress=False)
+    stats = shard("regions", [ann], str(tmp_path / "o"), images=str(raw), progress=False,
+                  max_bad_fraction=0.5)
+    assert stats["totals"]["regions"] == 4 and stats["totals"]["region_bad_fraction"] == 0.5
+    assert stats["skipped_regions"] == {"box_outside_image": 4} and stats["skipped"] == {}
+
+
+def test_text_and_csv_in_another_encoding(tmp_path):
+    (tmp_path / "latin1.txt").write_bytes("Café crème.\nZürich Straße.\n".encode("latin-1"))
+    with pytest.raises(TooManyBadInputs, match="2 of 2 samples rejected"):
+        shard("text", [str(tmp_path / "latin1.txt")], str(tmp_path / "o"), progress=False)
+    rej = [json.loads(l) for l in open(tmp_path / "o/rejected.jsonl")]
+    assert [r["where"] for r in rej] == ["line 1", "line 2"]
+    assert all(r["reason"] == "bad_encoding" and "--encoding" in r["detail"] for r in rej)
+    stats = shard("text", [str(tmp_path / "latin1.txt")], str(tmp_path / "o2"), encoding="latin-1",
+                  **OPTS)
+    assert [s["txt"].decode() for s in read_back(stats)] == ["Café crème.", "Zürich Straße."]
+
+    fx.write_image(str(tmp_path / "a.jpg"))
+    (tmp_path / "d.csv").write_bytes("image,caption\na.jpg,“curly” café\n".encode("cp1252"))
+    stats = shard("pairs", [str(tmp_path / "d.csv")], str(tmp_path / "o3"), **OPTS)
+    assert stats["skipped"] == {"bad_encoding": 1}
+    stats = shard("pairs", [str(tmp_path / "d.csv")], str(tmp_path / "o4"), encoding="cp1252",
+                  **OPTS)
+    assert [s["txt"].decode() for s in read_back(stats)] == ["“curly” café"]
+    with pytest.raises(ValueError, match="unknown text encoding 'klingon'"):
+        shard("text", [str(tmp_path / "latin1.txt")], str(tmp_path / "o5"), encoding="klingon")

@@ -119,3 +119,16 @@ def test_truncated_png_rejected():
 def test_reencode_is_deterministic():
     raw = fx.image_bytes("cmyk_jpeg", size=(120, 90))
     assert prepare_image(raw, resize=40).data == prepare_image(raw, resize=40).data
+
+
+def test_quality_setting_is_used_for_reencoding():
+    """--quality reaches the encoder: lower quality -> coarser quantisation tables, fewer bytes,
+    and larger pixel error."""
+    raw = fx.image_bytes("png", size=(300, 200))
+    low, high = (prepare_image(raw, resize=100, quality=q) for q in (30, 95))
+    q_low, q_high = (_decode(o.data).quantization[0] for o in (low, high))
+    assert sum(q_low) > 3 * sum(q_high)
+    assert len(low.data) < len(high.data)
+    ref = np.asarray(_decode(prepare_image(raw, resize=100, quality=100).data)).astype(int)
+    err = [np.abs(np.asarray(_decode(o.data)).astype(int) - ref).mean() for o in (low, high)]
+    assert err[0] > err[1]

@@ -91,12 +91,19 @@ def test_shard_bytes_limit(tmp_path):
 
 def test_workers_2_byte_identical_to_workers_1(tmp_path):
     path, _ = _pairs_corpus(str(tmp_path / "raw"), n=24)
+    # a file PIL cannot identify: its error message must not leak a memory address into
+    # rejected.jsonl (that made the listing differ from run to run)
+    fx.write_image(str(tmp_path / "raw" / "garbage.jpg"), "garbage")
+    with open(path, "a") as f:
+        f.write(json.dumps({"image": "garbage.jpg", "caption": "g"}) + "\n")
     common = dict(shard_samples=7, resize=50, **OPTS)
     s1 = shard("pairs", [path], str(tmp_path / "w1"), workers=1, **common)
     s2 = shard("pairs", [path], str(tmp_path / "w2"), workers=2, **common)
     assert _shards(tmp_path / "w1") == _shards(tmp_path / "w2")
     assert s1["shards"] == s2["shards"]
     assert (open(tmp_path / "w1/rejected.jsonl").read() == open(tmp_path / "w2/rejected.jsonl").read())
+    assert s1["skipped"]["undecodable_image"] == 2          # the truncated file and the garbage
+    assert "0x" not in open(tmp_path / "w1/rejected.jsonl").read()
 
 
 def test_dedup_exact_image_bytes(tmp_path):
@@ -127,6 +134,11 @@ def test_max_bad_fraction_aborts_with_clear_error(tmp_path):
                         str(tmp_path / "o2"), "--max-bad-fraction", "0.2", "--no-progress"],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "error: aborting: 4 of 16 samples rejected" in r.stderr
+    # every image missing: the message points at --images
+    with pytest.raises(TooManyBadInputs, match=r"Reasons: missing_file 9, empty_caption 1\. "
+                                               r"Relative image paths are looked up under --images"):
+        shard("pairs", [path], str(tmp_path / "o3"), images=str(tmp_path / "elsewhere"),
+              progress=False)
 
 
 def test_refuses_to_mix_runs_unless_overwrite(tmp_path):
@@ -137,6 +149,18 @@ def test_refuses_to_mix_runs_unless_overwrite(tmp_path):
         shard("pairs", [path], out, resize=30, **OPTS)
     stats = shard("pairs", [path], out, resize=30, overwrite=True, **OPTS)
     assert stats["options"]["resize"] == 30
+    # changed input contents are a different run too (the input fingerprint hashes the file)
+    with open(path, "a") as f:
+        f.write(json.dumps({"image": "0.jpg", "caption": "one more"}) + "\n")
+    with pytest.raises(OutputDirError, match="different run"):
+        shard("pairs", [path], out, resize=30, **OPTS)
+    changed = shard("pairs", [path], str(tmp_path / "o_changed"), resize=30, **OPTS)
+    assert changed["input_fingerprint"] != stats["input_fingerprint"]
+    assert changed["totals"]["samples"] == stats["totals"]["samples"] + 1
+    with open(path) as f:
+        lines = f.readlines()[:-1]
+    with open(path, "w") as f:
+        f.writelines(lines)
     # same run again: everything is already done, nothing changes
     before = _shards(out)
     shard("pairs", [path], out, resize=30, **OPTS)
@@ -158,6 +182,21 @@ def _slow_corpus(root, n_images=1500):
     return path
 
 
+def _start_and_stop(cmd, out, sig):
+    """Start ``cmd``, send ``sig`` to its process group once it has completed one new shard."""
+    done = len(glob.glob(os.path.join(out, ".progress", "pairs-*.tar.json")))
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, start_new_session=True)
+    state = os.path.join(out, ".progress", f"pairs-{done:06d}.tar.json")
+    deadline = time.time() + 120
+    while not os.path.exists(state) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    os.killpg(proc.pid, sig)                 # the run and its worker processes
+    stderr = proc.communicate()[1].decode()
+    assert os.path.exists(state), stderr
+    assert not os.path.exists(os.path.join(out, "stats.json")), "run finished before the stop"
+    return proc.returncode, stderr
+
+
 def test_resume_after_kill_equals_uninterrupted(tmp_path):
     ann = _slow_corpus(str(tmp_path / "raw"))
     args = ["--input", ann, "--images", str(tmp_path / "raw/img"), "--shard-samples", "250",
@@ -166,18 +205,15 @@ def test_resume_after_kill_equals_uninterrupted(tmp_path):
     shard("pairs", [ann], ref, images=str(tmp_path / "raw/img"), shard_samples=250, resize=40,
           progress=False)
     out = str(tmp_path / "out")
-    proc = subprocess.Popen([PY, "-m", "xfm.data_prep.cli", "pairs", *args, "--out", out,
-                             "--workers", "2"], stderr=subprocess.PIPE, start_new_session=True)
-    first_state = os.path.join(out, ".progress", "pairs-000000.tar.json")
-    deadline = time.time() + 120
-    while not os.path.exists(first_state) and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.005)
-    os.killpg(proc.pid, signal.SIGKILL)        # the run and its worker processes
-    proc.wait()
-    assert os.path.exists(first_state), proc.stderr.read().decode()
-    assert not os.path.exists(os.path.join(out, "stats.json")), "run finished before the kill"
-    r = subprocess.run([PY, "-m", "xfm.data_prep.cli", "pairs", *args, "--out", out],
-                       capture_output=True, text=True)
+    cmd = [PY, "-m", "xfm.data_prep.cli", "pairs", *args, "--out", out, "--workers", "2"]
+    # Ctrl-C: a short message (no traceback from the run or its workers), exit status 130
+    rc, stderr = _start_and_stop(cmd, out, signal.SIGINT)
+    assert rc == 130 and "interrupted" in stderr and "resume" in stderr, stderr
+    assert "Traceback" not in stderr, stderr
+    # the resumed run is killed outright (no clean-up at all), then resumed again
+    rc, stderr = _start_and_stop(cmd, out, signal.SIGKILL)
+    assert rc == -signal.SIGKILL and "resuming after" in stderr
+    r = subprocess.run(cmd[:-2], capture_output=True, text=True)       # and with 1 worker
     assert r.returncode == 0, r.stderr
     assert "resuming after" in r.stderr
     assert _shards(out) == _shards(ref) and len(_shards(ref)) == 18
@@ -215,15 +251,32 @@ def test_verify_catches_truncated_and_corrupt_shards(tmp_path, capsys):
     _truncate(shard0, fourth.offset)
     problems = verify(out, log=lambda m: None)["problems"]
     assert any("3 samples, stats.json says 8" in p for p in problems), problems
-    # a corrupted image inside an intact tar
+    # a corrupted image inside an intact tar: the sha256 in stats.json catches any change ...
     stats = shard("pairs", [path], out, shard_samples=8, overwrite=True, **OPTS)
     with tarfile.open(shard0) as tf:
         jpg = [m for m in tf.getmembers() if m.name.endswith(".jpg")][1]
     with open(shard0, "r+b") as f:
-        f.seek(jpg.offset_data + jpg.size // 2)
-        f.write(b"\0" * (jpg.size // 2))
+        f.seek(jpg.offset_data)
+        f.write(b"\0" * jpg.size)
     problems = verify(out, log=lambda m: None)["problems"]
-    assert any("image does not decode" in p or "sha256" in p for p in problems), problems
+    assert any("sha256 differs" in p for p in problems), problems
+    # ... and decoding every image catches it without the checksum (a shard whose stats.json was
+    # rewritten, or a copy without its stats.json)
+    import hashlib
+
+    stats_path = os.path.join(out, "stats.json")
+    st = json.load(open(stats_path))
+    st["shards"][0]["sha256"] = hashlib.sha256(open(shard0, "rb").read()).hexdigest()
+    with open(stats_path, "w") as f:
+        json.dump(st, f)
+    problems = verify(out, log=lambda m: None)["problems"]
+    assert len(problems) == 1 and f"sample {jpg.name[:9]}: image does not decode" in problems[0], problems
+    os.remove(stats_path)
+    problems = verify(out, log=lambda m: None)["problems"]
+    assert any("image does not decode" in p for p in problems)
+    assert any("stats.json is missing" in p for p in problems)
+    assert verify(str(tmp_path / "nowhere"), log=lambda m: None)["problems"] == [
+        f"{tmp_path / 'nowhere'}: no such folder"]
 
 
 def test_unexpected_error_on_one_item_is_rejected_not_fatal(tmp_path, monkeypatch):
@@ -242,3 +295,31 @@ def test_unexpected_error_on_one_item_is_rejected_not_fatal(tmp_path, monkeypatc
     assert stats["skipped"]["processing_error"] == 1 and stats["totals"]["samples"] == 6
     rej = [json.loads(l) for l in open(tmp_path / "o/rejected.jsonl")]
     assert any(r["reason"] == "processing_error" and "codec bug" in r["detail"] for r in rej)
+
+
+def test_verify_checks_each_kind_fields():
+    from xfm.data_prep.verify import check_sample
+
+    jpg = fx.image_bytes("jpeg")                                   # 96x64
+    meta = {"image_id": "1", "width": 96, "height": 64, "caption": None,
+            "regions": [{"phrase": "box", "bbox": [20, 10, 30, 24]}]}
+    good = {"jpg": jpg, "json": json.dumps(meta).encode()}
+    assert check_sample("regions", "k", good, None) == []
+    assert check_sample("regions", "k", {"jpg": jpg}, None) == ["sample k: missing ['json'] (has ['jpg'])"]
+    bad = dict(meta, regions=[{"phrase": "box", "bbox": [80, 10, 30, 24]}])
+    assert "bbox [80, 10, 30, 24] outside the 96x64 image" in check_sample(
+        "regions", "k", {"jpg": jpg, "json": json.dumps(bad).encode()}, None)[0]
+    no_caption = {k: v for k, v in meta.items() if k != "caption"}
+    assert "caption missing" in check_sample(
+        "regions", "k", {"jpg": jpg, "json": json.dumps(no_caption).encode()}, None)[0]
+    pairs_meta = {"image_id": "1", "source": "x", "width": 64, "height": 96}
+    assert "image is 96x64 but json says 64x96" in check_sample(
+        "pairs", "k", {"jpg": jpg, "txt": b"c", "json": json.dumps(pairs_meta).encode()}, None)[0]
+    assert check_sample("images", "k", {"jpg": jpg, "cls": b"1"}, {0, 1}) == []
+    assert "cls 7 is not a class index" in check_sample("images", "k", {"jpg": jpg, "cls": b"7"},
+                                                        {0, 1})[0]
+    assert "not an ASCII integer" in check_sample("images", "k", {"jpg": jpg, "cls": b"x"}, None)[0]
+    assert check_sample("text", "k", {"txt": b"  "}, None) == ["sample k: txt is empty"]
+    png = fx.image_bytes("rgba_png")
+    assert "image mode RGBA, expected RGB" in check_sample("images", "k", {"jpg": png, "cls": b"0"},
+                                                           None)[0]

@@ -11,6 +11,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow
 def test_contrastive_memory_bench_measures_both_losses(tmp_path):
     out = tmp_path / "mem.jsonl"
     res = subprocess.run(
@@ -26,7 +27,7 @@ def test_contrastive_memory_bench_measures_both_losses(tmp_path):
         assert by[key]["status"] == "ok" and by[key]["seconds"] > 0 and by[key]["peak_rss_gb"] > 0, by[key]
     # same data (seeded), same loss from both implementations
     assert abs(by[("plain", 200)]["loss"] - by[("fused", 200)]["loss"]) < 1e-4
-    assert by[("fused", 300)]["status"] == "analytic"
+    assert by[("fused", 300)]["status"] == "extrapolated" and by[("fused", 300)]["op_peak_gb"] > 0
     assert "bytes per N^2" in res.stdout
 
 

@@ -22,6 +22,7 @@ def _step(model, stream, batch, counts=None):
     return {k: v.detach() for k, v in losses.items()}, grads
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stream", ["pairs", "regions"])
 def test_tiny_model_step_with_both_kernels_equals_reference(stream, tiny_config, monkeypatch):
     from xfm.model import XFM

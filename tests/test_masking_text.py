@@ -273,3 +273,69 @@ def test_bad_inputs_are_clear_errors(boundaries):
         TextMasker(boundaries, mask_prob=0.0, max_masks=5)
     with pytest.raises(ValueError, match="mask_frac"):
         TextMasker(boundaries, mask_prob=0.1, max_masks=5, mask_frac=0.8, random_frac=0.3)
+
+
+def _synthetic_wordpiece(n_starts=8, n_cont=7):
+    """ids 0-4 specials ([PAD] [UNK] [CLS] [SEP] [MASK]), then word starts, then ``##`` pieces."""
+    size = 5 + n_starts + n_cont
+    special = np.zeros(size, dtype=bool)
+    special[:5] = True
+    starts = np.zeros(size, dtype=bool)
+    starts[5:5 + n_starts] = True
+    zeros = np.zeros(size, dtype=np.int8)
+    return WordBoundaries(kind="wordpiece", starts_word=starts, first_class=zeros, last_class=zeros,
+                          special=special, mask_token_id=4)
+
+
+def test_whole_word_spans_count_tokens_then_widen_to_words():
+    """A span is k tokens widened to word boundaries (X-VLM), not k words: in a text of 3-piece
+    words every span of 2 or 3 tokens is exactly one word; in a text of 1-piece words a span of k
+    tokens is k words."""
+    wb = _synthetic_wordpiece()
+    rng = np.random.default_rng(6)
+    masker = TextMasker(wb, mask_prob=0.15, max_masks=20, span_prob=1.0, span_lengths=(2, 3))
+    three_piece = [5, 13, 14] * 20  # 20 words of 3 pieces: budget 9 = three whole words
+    n_picks = n_selected = 0
+    for _ in range(200):
+        ids = np.array([2] + three_piece + [3])
+        selected, picks = masker.select(ids, rng)
+        assert set(picks) <= {2, 3}
+        assert len(picks) * 3 == selected.sum() == 9, (picks, selected.astype(int))
+        n_picks += len(picks)
+        n_selected += int(selected.sum())
+    assert n_picks == 600
+    one_piece = TextMasker(wb, mask_prob=0.5, max_masks=40, span_prob=1.0, span_lengths=(3,))
+    for _ in range(100):
+        ids = np.array([2] + [6] * 30 + [3])
+        selected, picks = one_piece.select(ids, rng)
+        # 15 tokens in picks of 3 one-piece words (a few cut short by their chosen neighbours)
+        assert selected.sum() == 15 and 5 <= len(picks) <= 8, picks
+
+
+def test_paper_rates_are_the_defaults(boundaries):
+    """XFM_METHOD.md: text MLM 15% (max 20), 80/10/10, spans of 2-3 tokens with p 0.2, whole
+    words; fusion MLM 50% (max 15)."""
+    assert TEXT_MLM == {"mask_prob": 0.15, "max_masks": 20}
+    assert FUSION_MLM == {"mask_prob": 0.5, "max_masks": 15}
+    text, fusion = text_mlm_masker(boundaries), fusion_mlm_masker(boundaries)
+    assert (text.mask_prob, text.max_masks, fusion.mask_prob, fusion.max_masks) == (0.15, 20, 0.5, 15)
+    for m in (text, fusion):
+        assert (m.mask_frac, m.random_frac, m.span_prob, tuple(m.span_lengths), m.whole_word) == \
+            (0.8, 0.1, 0.2, (2, 3), True)
+
+
+def test_bpe_table_rule_without_pre_tokenizer_matches_word_ids(bpe_tokenizer):
+    """The fallback when no pre-tokenizer can be used (a normalizer in front of it, bytes that are
+    not UTF-8): character-class changes, as the GPT-2 regex splits, still agree with word_ids()."""
+    from dataclasses import replace
+
+    wb = replace(WordBoundaries.from_tokenizer(bpe_tokenizer), pre_tokenizer=None)
+    checked = 0
+    for text in make_sentences(200, seed=12) + ["Zebra's refrigerator,broccoli 2024giraffe!"]:
+        enc = bpe_tokenizer(text)
+        ours = wb.word_index(np.array(enc.input_ids))
+        ref = [-1 if w is None else w for w in enc.word_ids()]
+        assert [a == b for a, b in zip(ours[1:], ours[:-1])] == \
+            [a == b for a, b in zip(ref[1:], ref[:-1])], (text, bpe_tokenizer.convert_ids_to_tokens(enc.input_ids))
+        checked += 1
+    assert checked == 201

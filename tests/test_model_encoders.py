@@ -1,9 +1,12 @@
 """The X-FM model: encoder semantics (BEiT-v2 pooling, mask token, regions), reference parity
 with HF RoBERTa/BERT and timm BEiT-v2 (same weights by key name), the state-dict layout of
 docs/INTERFACES.md, the paper's parameter count on the meta device, kernel routing."""
+import json
+import math
 import sys
 import types
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -196,7 +199,16 @@ def test_base_on_meta_has_paper_parameter_count():
         m = XFM(model_config("base"))
     paper = count_parameters(m, paper=True)
     print(f"base: {count_parameters(m) / 1e6:.3f}M stored, {paper / 1e6:.3f}M as the paper counts")
-    assert abs(paper - 327.0e6) < 0.5e6
+    assert all(p.is_meta for p in m.parameters())
+    # XFM_METHOD.md: 327M = the official checkpoint's parameters minus the fusion encoder's
+    # (unused) embeddings and the two caption heads, counted here from the official base layout
+    rows = json.loads((Path(__file__).parent / "data" / "xfm_official_keys_base.json").read_text())
+    official = {r[0]: math.prod(r[1]) for r in rows if r[2] == "param" and r[4] is None}
+    stored = sum(official.values())
+    fusion_embeddings = sum(n for k, n in official.items() if k.startswith("fusion_encoder.roberta.embeddings."))
+    caption_heads = sum(n for k, n in official.items() if ".lm_cap_head." in k)
+    assert round(stored / 1e6, 1) == 444.8
+    assert paper == stored - fusion_embeddings - caption_heads == 327_295_353
     assert count_parameters(m) - paper == 50265 * 768  # the fusion MLM decoder matrix
 
 
@@ -280,3 +292,59 @@ def test_bad_model_config_is_rejected():
         tiny(temp_min=0.0)
     with pytest.raises(TypeError, match="ModelConfig"):
         XFM(42)
+
+
+def test_attention_masks_use_the_official_constants(monkeypatch):
+    """Text self-attention (language and fusion encoders) masks padding with (1-m)*-10000, the
+    fusion cross-attention and box-restricted vision attention with (1-m)*-1e9 (XFM_METHOD.md)."""
+    m = tiny()
+    seen = []
+    real = xfm.kernels.attention
+
+    def spy(q, k, v, mask=None, **kw):
+        seen.append((q.shape[-2], k.shape[-2], None if mask is None else mask.detach().clone()))
+        return real(q, k, v, mask, **kw)
+
+    monkeypatch.setattr(xfm.kernels, "attention", spy)
+    ids = torch.tensor([[0, 7, 8, 9, 2], [0, 7, 2, 1, 1]])
+    text_mask = (ids != 1).long()
+    px = make_images(m.config, 2, torch.Generator().manual_seed(3))
+    image_mask = torch.ones(2, 17, dtype=torch.long)
+    image_mask[1, 5:] = 0
+    with torch.no_grad():
+        text = m.encode_text(ids, text_mask)
+        image = m.encode_image(px)
+        seen.clear()
+        m.fuse(image, image_mask, text, text_mask)
+    want_self = torch.tensor([[0.0] * 5, [0.0] * 3 + [-10000.0] * 2])[:, None, None, :]
+    want_cross = ((1.0 - image_mask.float()) * -1e9)[:, None, None, :]
+    assert len(seen) == 4
+    for lq, lk, mask in seen:
+        assert torch.equal(mask, want_self if lk == 5 else want_cross), (lq, lk)
+    seen.clear()
+    with torch.no_grad():
+        m.encode_text(ids, text_mask)
+    assert len(seen) == 2 and all(torch.equal(mask, want_self) for _, _, mask in seen)
+    # region pass (tiny: the last block is box-restricted): bias + (1 - [cls, box]) * -1e9
+    box = torch.zeros(1, 16, dtype=torch.bool)
+    box[0, :6] = True
+    seen.clear()
+    with torch.no_grad():
+        m.encode_regions(px, torch.tensor([0]), box)
+    full, restricted = seen[1][2], seen[2][2]  # block 1 on the image, block 1 on the region
+    extra = restricted - full
+    keys = torch.cat((torch.ones(1, 1, dtype=torch.bool), box), 1)[0]
+    assert torch.all(extra[..., keys] == 0)
+    torch.testing.assert_close(extra[..., ~keys], torch.full_like(extra[..., ~keys], -1e9), rtol=1e-6, atol=0)
+
+
+def test_layer_norm_eps_match_official():
+    """RoBERTa LayerNorms (language, fusion, LM heads) 1e-5, BEiT-v2 1e-6, ITM/box MLPs torch's
+    default 1e-5 (official ``nn.LayerNorm(2d)``), as in the base config."""
+    with torch.device("meta"):
+        m = XFM(model_config("base"))
+    eps = {name: mod.eps for name, mod in m.named_modules() if isinstance(mod, torch.nn.LayerNorm)}
+    assert eps and all(v == 1e-6 for k, v in eps.items() if k.startswith("vision."))
+    assert all(v == 1e-5 for k, v in eps.items() if not k.startswith("vision."))
+    assert {k.split(".")[0] for k in eps} == {"text", "vision", "fusion", "heads"}
+    assert eps["heads.itm.1"] == eps["heads.bbox.1"] == eps["heads.text_mlm.layer_norm"] == 1e-5

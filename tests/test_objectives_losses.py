@@ -169,3 +169,51 @@ def test_missing_batch_field_is_named(model, stream):
     del b[dropped]
     with pytest.raises(KeyError, match=dropped):
         STREAM_LOSSES[stream](model, b, LossContext())
+
+
+def test_temperature_is_clamped_before_every_use_with_the_official_gradient(model):
+    """The loss sees temp clamped to [0.001, 0.5]; its gradient is the one of the official
+    in-place clamp (taken at the clamped value), so a parameter past a bound is not frozen."""
+    g = torch.Generator().manual_seed(0)
+    img = F.normalize(torch.randn(6, 32, generator=g), dim=-1)
+    txt = F.normalize(torch.randn(6, 32, generator=g), dim=-1)
+    grads = {}
+    for stored in (-0.3, 0.0001, 0.001, 0.07, 0.5, 0.9):
+        with torch.no_grad():
+            model.heads.temp.temp.fill_(stored)
+        model.zero_grad(set_to_none=True)
+        temp = model.heads.temp()
+        assert temp.item() == pytest.approx(min(max(stored, 0.001), 0.5))
+        itc_loss(model, img, txt, temp, LossContext()).backward()
+        grads[stored] = model.heads.temp.temp.grad.item()
+    # d loss / d temp evaluated at the clamped value, by hand: d/dt of loss(logits / t)
+    for stored, at in ((-0.3, 0.001), (0.0001, 0.001), (0.9, 0.5)):
+        t = torch.tensor(at, requires_grad=True)
+        itc_loss(model, img, txt, t, LossContext()).backward()
+        assert grads[stored] == pytest.approx(t.grad.item(), rel=1e-5) and grads[stored] != 0.0
+    assert grads[0.0001] == pytest.approx(grads[0.001], rel=1e-6)
+    # the pairs stream uses the clamped value in ITC (and for the ITM hard-negative logits)
+    with torch.no_grad():
+        model.heads.temp.temp.fill_(5.0)
+    b = make_pairs_batch(model.config)
+    ctx = LossContext(generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        got = pairs_losses(model, b, ctx)["itc"]
+        fi, ft = model.features(model.encode_image(b["image"]), model.encode_text(b["text_ids"], b["text_mask"]))
+        want = itc_loss(model, fi, ft, torch.tensor(0.5), LossContext(), b["image_ids"])
+    torch.testing.assert_close(got, want)
+
+
+def test_itm_batch_without_any_negative_is_skipped_with_a_warning(model):
+    """Every sample of the batch shows the same picture: no negative exists, so ITM contributes
+    nothing (instead of a "no match" label on a matching pair, or a crash mid-run)."""
+    b = make_pairs_batch(model.config, batch_size=3)
+    b["image_ids"][:] = 7
+    b["image"][:] = b["image"][0]
+    model.train()
+    with pytest.warns(RuntimeWarning, match="ITM skipped"):
+        losses = pairs_losses(model, b, LossContext(generator=torch.Generator().manual_seed(0)))
+    assert losses["itm"].item() == 0.0 and losses["itc"].item() > 0
+    sum(losses.values()).backward()
+    assert all(p.grad is None or torch.isfinite(p.grad).all() for p in model.parameters())
+    assert not any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.heads.itm.parameters())

@@ -174,3 +174,31 @@ def test_missing_file_and_bad_settings(tmp_path, capsys):
         prep_tokenizer.train_bpe_tokenizer([ok], tmp_path / "o", 100, progress=False)
     with pytest.raises(SystemExit):  # argparse: --vocab-size is required
         run_subcommand(["tokenizer", "--input", str(ok), "--out", str(tmp_path / "o")])
+
+
+@pytest.mark.parametrize("kind", ["bpe", "wordpiece"])
+def test_load_tokenizer_from_classic_model_directories(request, tmp_path, kind):
+    """Model directories as older Hugging Face snapshots ship them: config.json + vocab.json +
+    merges.txt (RoBERTa) or config.json + vocab.txt (BERT), no tokenizer.json. They load as fast
+    tokenizers that tokenize like the full directory, and whole-word masking tables build."""
+    import numpy as np
+
+    from xfm.masking import WordBoundaries
+
+    full_dir = request.getfixturevalue(f"{kind}_tokenizer_dir")
+    files = ("vocab.json", "merges.txt") if kind == "bpe" else ("vocab.txt",)
+    classic = tmp_path / "classic"
+    classic.mkdir()
+    for name in files:
+        shutil.copy(full_dir / name, classic / name)
+    (classic / "config.json").write_text(json.dumps({"model_type": "roberta" if kind == "bpe" else "bert"}))
+    tok, full = load_tokenizer(classic), load_tokenizer(full_dir)
+    assert tok.is_fast and tokenizer_info(tok).kind == kind
+    assert (tok.pad_token_id, tok.mask_token_id) == (full.pad_token_id, full.mask_token_id)
+    for text in make_sentences(20, seed=8):
+        assert tok(text).input_ids == full(text).input_ids
+    wb = WordBoundaries.from_tokenizer(tok)
+    enc = tok("Refrigerator skateboarding photographers, 2024!")
+    ours = wb.word_index(np.array(enc.input_ids))
+    ref = [-1 if w is None else w for w in enc.word_ids()]
+    assert [a == b for a, b in zip(ours[1:], ours[:-1])] == [a == b for a, b in zip(ref[1:], ref[:-1])]

@@ -8,7 +8,8 @@
   re-joined and split by that pre-tokenizer (one Rust call, ~20 us), so masked words agree with
   ``encoding.word_ids()``. Without a pre-tokenizer a table rule approximates it (leading space or
   a change of character class letters / digits / punctuation / space).
-- ``TextMasker``: BERT-style MLM masking (whole words, optional 2-3 unit spans, 80/10/10).
+- ``TextMasker``: BERT-style MLM masking (whole words, optional 2-3 token spans widened to
+  words, 80/10/10).
 - ``BlockMasker``: BEiT block-wise image masking with exactly ``num_masks`` patches.
 
 Every masker takes a ``numpy.random.Generator`` that the caller seeds per sample, so a resumed
@@ -37,6 +38,10 @@ FUSION_MLM = dict(mask_prob=0.5, max_masks=15)
 # CONT = the token starts (or ends) inside a multi-byte UTF-8 character, never a word boundary;
 # SPACE_JOIN = the token ends with a plain space, which the regex glues to the next word.
 _LETTER, _NUMBER, _OTHER, _SPACE, _CONT, _SPACE_JOIN, _ADDED = range(7)
+# the GPT-2 regex keeps English contractions ('s 't 're 've 'm 'll 'd) as one word; byte-level
+# BPE may still spell them as "'" + "s", so the table rule glues such a pair (and the first
+# letter of a two-letter tail, whose second letter then joins as a letter anyway)
+_CONTRACTION_TAILS = frozenset({b"s", b"t", b"m", b"d", b"re", b"ve", b"ll", b"r", b"v", b"l"})
 
 
 def _byte_decoder() -> dict[str, int]:
@@ -115,7 +120,8 @@ class WordBoundaries:
     special / added tokens (exactly how the tokenizer split the text); when that is unavailable
     (no fast tokenizer, bytes that are not UTF-8) a token begins a word when its first
     character's class differs from the previous token's last character's class (the GPT-2 regex
-    splits ``hello,`` into ``hello`` + ``,`` and ``abc123`` into ``abc`` + ``123``).
+    splits ``hello,`` into ``hello`` + ``,`` and ``abc123`` into ``abc`` + ``123``, but keeps a
+    contraction such as ``'s`` together even when BPE spells it ``'`` + ``s``).
     """
     kind: str                      # "bpe" (byte-level) or "wordpiece"
     starts_word: np.ndarray        # (V,) bool
@@ -130,12 +136,20 @@ class WordBoundaries:
     pre_tokenizer: object | None = field(repr=False, default=None)
     # (V,) bool: special or added tokens, which the tokenizer cuts out before pre-tokenizing
     isolated: np.ndarray | None = field(repr=False, default=None)
+    # byte-level BPE table rule only: (V,) bool, the token ends with an apostrophe / is the rest
+    # of a contraction ("s", "t", "re"...): such a pair is one word, as the GPT-2 regex splits
+    ends_apostrophe: np.ndarray | None = field(repr=False, default=None)
+    contraction_tail: np.ndarray | None = field(repr=False, default=None)
 
     def __post_init__(self):
         if self.kind not in ("bpe", "wordpiece"):
             raise ValueError(f"WordBoundaries: kind must be 'bpe' or 'wordpiece', got {self.kind!r}")
         if self.random_ids is None:
             self.random_ids = np.flatnonzero(~self.special).astype(np.int64)
+        if self.ends_apostrophe is None:
+            self.ends_apostrophe = np.zeros(self.special.shape[0], dtype=bool)
+        if self.contraction_tail is None:
+            self.contraction_tail = np.zeros(self.special.shape[0], dtype=bool)
         if self.isolated is None:
             self.isolated = self.special.copy()
 
@@ -171,6 +185,8 @@ class WordBoundaries:
         last = np.full(size, _CONT, dtype=np.int8)
         decoder = _byte_decoder() if kind == "bpe" else None
         token_bytes = [b""] * size if kind == "bpe" else None
+        ends_apostrophe = np.zeros(size, dtype=bool)
+        contraction_tail = np.zeros(size, dtype=bool)
         for i, t in enumerate(tokens):
             if t is None or special[i]:
                 continue
@@ -187,6 +203,8 @@ class WordBoundaries:
             token_bytes[i] = raw
             starts[i] = raw[:1] == b" "
             first[i], last[i] = _byte_token_classes(raw)
+            ends_apostrophe[i] = raw.endswith(b"'")
+            contraction_tail[i] = raw in _CONTRACTION_TAILS
         pre_tokenizer = None
         if kind == "bpe":
             backend = getattr(tok, "backend_tokenizer", None)
@@ -197,7 +215,8 @@ class WordBoundaries:
         isolated[[i for i in added if i < size]] = True
         return cls(kind=kind, starts_word=starts, first_class=first, last_class=last,
                    special=special, mask_token_id=int(tok.mask_token_id),
-                   token_bytes=token_bytes, pre_tokenizer=pre_tokenizer, isolated=isolated)
+                   token_bytes=token_bytes, pre_tokenizer=pre_tokenizer, isolated=isolated,
+                   ends_apostrophe=ends_apostrophe, contraction_tail=contraction_tail)
 
     def word_index(self, ids: np.ndarray) -> np.ndarray:
         """(L,) int: word number of each position (0, 1, ... in order), -1 on special tokens."""
@@ -212,8 +231,9 @@ class WordBoundaries:
             if self.kind == "bpe":
                 prev_last = self.last_class[ids[:-1]]
                 cur_first = self.first_class[ids[1:]]
+                contraction = self.ends_apostrophe[ids[:-1]] & self.contraction_tail[ids[1:]]
                 start[1:] |= ((cur_first != prev_last) & (cur_first != _CONT)
-                              & (prev_last != _CONT) & (prev_last != _SPACE_JOIN))
+                              & (prev_last != _CONT) & (prev_last != _SPACE_JOIN) & ~contraction)
         if self.kind == "bpe" and self.pre_tokenizer is not None:
             self._pre_tokenizer_starts(ids, isolated, start)
         start &= ~special
@@ -297,11 +317,12 @@ class TextMasker:
 
     Selects ``min(max_masks, max(1, round(mask_prob * n)))`` of the ``n`` non-special tokens, in
     units of whole words (``whole_word``) or single tokens. Each pick becomes, with probability
-    ``span_prob``, a span of ``k`` consecutive units (k drawn uniformly from ``span_lengths``)
-    instead of one unit; with whole words a span is k whole words (X-VLM spans k tokens and then
-    widens them to word boundaries, which for short words is the same). Spans stop at special
-    tokens. A pick that does not fit in the remaining budget is shortened (spans) or skipped
-    (single words), so words are never cut (at the cost of sometimes selecting a little less than
+    ``span_prob``, a span of ``k`` tokens (k drawn uniformly from ``span_lengths``) instead of one
+    unit: consecutive units from the picked one until they cover at least k tokens, so with whole
+    words a span is widened to word boundaries as in X-VLM (a word of >= k pieces is a span on its
+    own, k one-piece words make a span of k). Spans stop at special tokens. A pick that does not
+    fit in the remaining budget is shortened (spans) or skipped (single words), so words are never
+    cut (at the cost of sometimes selecting a little less than
     the target). If no word fits the target at all, one whole word of at most ``max_masks``
     tokens is selected; ``max_masks`` is never exceeded. Selected tokens become the mask token with
     probability ``mask_frac``, a random non-special token with ``random_frac``, else stay.
@@ -353,7 +374,7 @@ class TextMasker:
 
     def select(self, ids, rng: np.random.Generator) -> tuple[np.ndarray, list[int]]:
         """Choose the positions to predict. Returns ``(selected (L,) bool, picks)`` where
-        ``picks`` lists, per pick, the number of units it was drawn to cover (1 = single unit,
+        ``picks`` lists, per pick, the number of tokens it was drawn to cover (1 = single unit,
         k >= 2 = span; before any shortening), for checking the span rate."""
         ids = _as_index_array(ids, self.boundaries.vocab_size)
         length = ids.shape[0]
@@ -395,8 +416,11 @@ class TextMasker:
             want = 1
             if draws[rank] < self.span_prob:
                 want = self.span_lengths[min(int(draws[n_units + rank] * n_lengths), n_lengths - 1)]
+            # a span covers ``want`` tokens widened to whole units (X-VLM: k tokens, then out to
+            # word boundaries); a unit longer than ``want`` is a span on its own
             end = u + 1
-            while end - u < want and end < n_units and segment[end] == segment[u] and not chosen[end]:
+            while (unit_end[end - 1] - unit_first[u] < want and end < n_units
+                   and segment[end] == segment[u] and not chosen[end]):
                 end += 1
             size = unit_end[end - 1] - unit_first[u]
             while end > u and count + size > budget:  # shorten to fit; never cut a unit

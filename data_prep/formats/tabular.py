@@ -4,7 +4,7 @@ Column names are chosen with ``--image-column`` / ``--caption-column``; when omi
 names are looked up in the header (``image``, ``filepath``, ``url`` ... / ``caption``, ``text``,
 ``desc`` ...). ``--no-header`` takes columns by 0-based index (CC3M's TSV: caption 0, url 1).
 A missing column or a short row is a malformed file (stops at once, naming line and column); a row
-that is not valid UTF-8 is rejected as ``bad_encoding``."""
+that does not decode in ``--encoding`` (default UTF-8) is rejected as ``bad_encoding``."""
 from __future__ import annotations
 
 import csv
@@ -40,9 +40,43 @@ def _pick(header: list[str], wanted: str | None, candidates, path: str, role: st
                               f"choose one with --{role}-column")
 
 
+# a caption with more line breaks than this is a quote that opened and never closed
+MAX_LINES_PER_ROW = 50
+
+
+class _RecordingLines:
+    """The file's lines as csv.reader consumes them, remembering those of the current row (the
+    reader takes exactly the lines one row needs, no read-ahead)."""
+
+    def __init__(self, f):
+        self.f = f
+        self.row_lines: list[str] = []
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        line = next(self.f)
+        self.row_lines.append(line)
+        return line
+
+
+def _check_quotes(path: str, where: str, lines: list[str], row: list[str]):
+    """csv.reader (non-strict, so a stray quote inside a caption, common in CC12M, is kept) reads
+    an unclosed quote as one field running to the end of the file: every following row would
+    vanish into one caption. A row that ran past its own line break (over several lines, or a
+    field that swallowed the final newline) must therefore have balanced quotes."""
+    crossed = len(lines) > 1 or any(v.endswith(("\n", "\r")) for v in row)
+    if len(lines) > MAX_LINES_PER_ROW or (crossed and "".join(lines).count('"') % 2):
+        raise MalformedInputError(
+            f"{path}: {where}: a quoted field in this row is never closed (unbalanced '\"', the "
+            f"row runs over {len(lines)} line(s)); fix the quoting")
+
+
 def read_table(path: str, opts, delimiter: str):
-    with open(path, encoding="utf-8", errors="surrogateescape", newline="") as f:
-        reader = csv.reader(f, delimiter=delimiter)
+    with open(path, encoding=opts.encoding, errors="surrogateescape", newline="") as f:
+        lines = _RecordingLines(f)
+        reader = csv.reader(lines, delimiter=delimiter)
         if opts.no_header:
             try:
                 img_col = int(opts.image_column if opts.image_column is not None else 1)
@@ -61,9 +95,12 @@ def read_table(path: str, opts, delimiter: str):
             cap_col = _pick(header, opts.caption_column, CAPTION_COLUMNS, path, "caption")
         need = max(img_col, cap_col)
         line_start = reader.line_num + 1
+        lines.row_lines = []
         for row in reader:
             where = f"line {line_start}"
             line_start = reader.line_num + 1
+            _check_quotes(path, where, lines.row_lines, row)
+            lines.row_lines = []
             if not row or (len(row) == 1 and not row[0].strip()):
                 continue
             if len(row) <= need:
@@ -74,7 +111,8 @@ def read_table(path: str, opts, delimiter: str):
             image, caption = row[img_col].strip(), row[cap_col]
             if _has_surrogates(image) or _has_surrogates(caption):
                 yield Record(path, where, rejection=Rejection(
-                    "bad_encoding", path, where, "row is not valid UTF-8"))
+                    "bad_encoding", path, where, f"row is not valid {opts.encoding} (pass "
+                    f"--encoding if the file uses another, e.g. --encoding latin-1)"))
                 continue
             if not image:
                 yield Record(path, where, rejection=Rejection(

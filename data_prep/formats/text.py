@@ -2,8 +2,8 @@
 
 ``.txt``: one document per line, or documents separated by blank lines (``--doc-sep``; ``auto``
 picks blank-line mode when the file has blank lines between multi-line blocks). Each document is
-decoded as UTF-8 on its own, so one badly encoded document is rejected (``bad_encoding``) without
-losing the rest of the file. Blank lines are separators, not documents.
+decoded (``--encoding``, default UTF-8) on its own, so one badly encoded document is rejected
+(``bad_encoding``) without losing the rest of the file. Blank lines are separators, not documents.
 JSON lines: the ``--text-field`` of each object is one document."""
 from __future__ import annotations
 
@@ -32,12 +32,22 @@ def guess_doc_sep(path: str) -> str:
     return "blank" if len(blocks) > 1 and multi * 2 > len(blocks) else "line"
 
 
-def _doc(path: str, where: str, raw: bytes) -> Record:
+def _decode(raw: bytes, encoding: str) -> str:
+    """-> text, or UnicodeDecodeError whose message says how to read another encoding."""
     try:
-        text = raw.decode("utf-8")
+        return raw.decode(encoding)
+    except UnicodeDecodeError as e:
+        raise UnicodeDecodeError(e.encoding, e.object, e.start, e.end,
+                                 f"{e.reason} (the file is read as {encoding}; pass --encoding "
+                                 f"if it uses another, e.g. --encoding latin-1)") from None
+
+
+def _doc(path: str, where: str, raw: bytes, encoding: str = "utf-8") -> Record:
+    try:
+        text = _decode(raw, encoding)
     except UnicodeDecodeError as e:
         return Record(path, where, rejection=Rejection("bad_encoding", path, where,
-                                                       f"not valid UTF-8: {e}"))
+                                                       f"not valid {encoding}: {e}"))
     return Record(path, where, text=text)
 
 
@@ -46,7 +56,7 @@ def read_txt(path: str, opts, doc_sep: str):
         if doc_sep == "line":
             for lineno, raw in enumerate(f, 1):
                 if raw.strip():
-                    yield _doc(path, f"line {lineno}", raw.rstrip(b"\r\n"))
+                    yield _doc(path, f"line {lineno}", raw.rstrip(b"\r\n"), opts.encoding)
             return
         block, first = [], None
         for lineno, raw in enumerate(f, 1):
@@ -56,10 +66,11 @@ def read_txt(path: str, opts, doc_sep: str):
                 block.append(raw.rstrip(b"\r\n"))
                 continue
             if block:
-                yield _doc(path, f"lines {first}-{lineno - 1}", b"\n".join(block))
+                yield _doc(path, f"lines {first}-{lineno - 1}", b"\n".join(block), opts.encoding)
                 block, first = [], None
         if block:
-            yield _doc(path, f"lines {first}-{first + len(block) - 1}", b"\n".join(block))
+            yield _doc(path, f"lines {first}-{first + len(block) - 1}", b"\n".join(block),
+                       opts.encoding)
 
 
 def read_jsonl(path: str, opts):
@@ -70,10 +81,10 @@ def read_jsonl(path: str, opts):
                 continue
             where = f"line {lineno}"
             try:
-                line = raw.decode("utf-8")
+                line = _decode(raw, opts.encoding)
             except UnicodeDecodeError as e:
                 yield Record(path, where, rejection=Rejection("bad_encoding", path, where,
-                                                              f"not valid UTF-8: {e}"))
+                                                              f"not valid {opts.encoding}: {e}"))
                 continue
             try:
                 obj = json.loads(line)

@@ -2,6 +2,7 @@
 
 - ``vision_proj``, ``text_proj``: Linear to ``embed_dim`` (token 0 of each encoder).
 - ``temp``: learnable temperature; calling the module returns it clamped to [temp_min, temp_max]
+  with the gradient of the official in-place clamp (straight-through; see ``Temperature.forward``)
   (read as ``heads.temp()``, never ``.temp.data``: ZeRO-3 gathers it inside this call).
 - ``itm``, ``bbox``: Linear(d, 2d) -> LayerNorm -> GELU -> Linear(2d, 2 | 4) (keys ``0,1,3``).
 - ``text_mlm``, ``fusion_mlm``: RoBERTa LM head (dense -> GELU -> layer_norm -> decoder + bias).
@@ -24,7 +25,16 @@ class Temperature(nn.Module):
         self.init_value, self.minimum, self.maximum = float(init), float(minimum), float(maximum)
 
     def forward(self) -> torch.Tensor:
-        return self.temp.clamp(self.minimum, self.maximum)
+        # The official code clamps the parameter in place (``temp.clamp_(0.001, 0.5)`` under
+        # no_grad) before the forward, so the loss always sees a clamped value AND the gradient
+        # is taken at that value. A plain ``clamp()`` would give the same value but a zero
+        # gradient once an optimizer step has pushed the parameter past a bound, freezing it
+        # there for good. The straight-through form below keeps the official gradient; an
+        # in-place clamp is not an option here because under ZeRO-3 the gathered copy that
+        # forward sees is discarded (the engine may also project the stored value after a step).
+        # (written so that the value is exactly the clamped one: t - t.detach() is exactly 0)
+        t = self.temp
+        return t.detach().clamp(self.minimum, self.maximum) + (t - t.detach())
 
     def init_weights(self) -> None:
         with torch.no_grad():

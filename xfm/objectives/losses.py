@@ -7,6 +7,7 @@ box), so every function is correct on its own: ``model.config.stop_text_grad`` d
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,7 +17,7 @@ from torchvision.ops import box_convert, generalized_box_iou_loss
 
 from xfm import kernels
 from xfm.distributed import gather_no_grad, gather_with_grad
-from xfm.hard_negatives import sample_hard_negatives
+from xfm.hard_negatives import NoNegativeError, sample_hard_negatives
 
 IGNORE_INDEX = -100
 
@@ -82,13 +83,23 @@ def itm_loss(model, image_states, image_atts, text_states, text_mask, image_feat
 
     3B fusion rows: B positives (text i, image i), B (text i, negative image for text i),
     B (negative text for image i, image i); labels [1]*B + [0]*2B.
+
+    A batch in which every sample shows the same picture has no negative at all: it is skipped
+    deliberately (warning, loss 0 with the same computation, so every ZeRO-3 rank still calls
+    the same modules) rather than labelling a matching pair "no match" or stopping the run.
     """
     b = image_states.shape[0]
     if image_atts is None:
         image_atts = torch.ones(image_states.shape[:2], dtype=torch.long, device=image_states.device)
+    weight = 1.0
     with torch.no_grad():
         sim_i2t = image_feat @ text_feat.t() / temp
-        neg_image, neg_text = sample_hard_negatives(sim_i2t, sim_i2t.t(), image_ids, ctx.generator)
+        try:
+            neg_image, neg_text = sample_hard_negatives(sim_i2t, sim_i2t.t(), image_ids, ctx.generator)
+        except NoNegativeError as err:
+            warnings.warn(f"ITM skipped for this batch (loss 0): {err}", RuntimeWarning, stacklevel=2)
+            neg_image = neg_text = torch.arange(b, device=image_states.device)
+            weight = 0.0
     text_states = fusion_text_input(model, text_states)
     images = torch.cat((image_states, image_states[neg_image], image_states), dim=0)
     atts = torch.cat((image_atts, image_atts[neg_image], image_atts), dim=0)
@@ -97,7 +108,7 @@ def itm_loss(model, image_states, image_atts, text_states, text_mask, image_feat
     logits = model.itm_logits(model.fuse(images, atts, texts, masks))
     labels = torch.zeros(3 * b, dtype=torch.long, device=logits.device)
     labels[:b] = 1
-    return F.cross_entropy(logits.float(), labels)
+    return F.cross_entropy(logits.float(), labels) * weight
 
 
 def fusion_mlm_loss(model, image_states, image_atts, masked_text_states, text_mask, labels) -> torch.Tensor:

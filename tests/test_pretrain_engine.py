@@ -1,0 +1,205 @@
+"""The engine's pieces: config, lr schedule, parameter groups, DeepSpeed config, launcher
+environments, and (2 ranks) the ZeRO-3 details DeepSpeed 0.19.8 gets wrong on its own.
+
+The 2-rank test checks, on a small model with a 0-dim temperature like X-FM's: the model builds
+under zero.Init (0-dim parameters crash DeepSpeed's broadcast), the deferred init_weights writes
+rank 0's values, the in-place clamp reaches the optimizer's fp32 master (the next step would undo
+it otherwise), and a parameter that gets no gradient in a step is not moved by the previous
+step's gradient (ZeRO-3 keeps stale gradient partitions; the trainer clears them).
+"""
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from fixtures_pretrain import REPO, TINY, tail, torchrun_cmd
+from xfm.config import ConfigError
+from xfm.pretrain.cli import build_parser, overrides_from_args
+from xfm.pretrain.config import EngineConfig, OptimConfig, load_pretrain_config
+from xfm.pretrain.dist import env_from_launcher
+from xfm.pretrain.engine import deepspeed_config, lr_factor, param_groups
+
+
+@pytest.fixture
+def data_env(monkeypatch, tmp_path):
+    monkeypatch.setenv("XFM_DATA", str(tmp_path))
+    return tmp_path
+
+
+def test_tiny_and_base_configs_load_with_short_flags(data_env, tmp_path):
+    args = build_parser().parse_args(["--config", str(TINY), "--steps", "7", "--out", str(tmp_path / "r"),
+                                      "--seed", "3", "--deterministic", "--set", "optim.lr=2e-4"])
+    cfg = load_pretrain_config(args.config, overrides_from_args(args))
+    assert (cfg.steps, cfg.out, cfg.seed, cfg.deterministic, cfg.optim.lr) == (7, str(tmp_path / "r"), 3, True, 2e-4)
+    assert cfg.data.pairs.sources[0].urls.startswith(f"{data_env}/world/shards/pairs/")
+    assert cfg.model.build().size == "tiny"
+    base = load_pretrain_config(REPO / "configs" / "pretrain" / "base_4m.yaml")
+    assert base.model.build().vision.hidden_size == 768
+    assert (base.optim.lr, tuple(base.optim.betas), base.optim.weight_decay, base.optim.warmup_steps) == \
+        (1e-4, (0.9, 0.98), 0.01, 2500)
+    assert base.optim.lr_mult == 2.0 and base.engine.zero_stage == 3 and base.engine.gradient_clipping == 1.0
+    assert (base.data.pairs.batch_size, base.data.regions.batch_size, base.data.images.batch_size,
+            base.data.text.batch_size) == (96, 96, 96, 256)
+    assert base.streams.step_groups == [["text"], ["regions", "images", "pairs"]]
+
+
+def test_config_errors_name_key_and_file(data_env):
+    with pytest.raises(ConfigError, match=r"tiny.yaml.*engine.*zero_stage"):
+        load_pretrain_config(TINY, ["engine.zero_stage=5"])
+    with pytest.raises(ConfigError, match=r"tiny.yaml: unknown key\(s\) optim.lr_typo"):
+        load_pretrain_config(TINY, ["optim.lr_typo=1"])
+    with pytest.raises(ConfigError, match=r"tiny.yaml: model.overrides: unknown key\(s\) vision.widht"):
+        load_pretrain_config(TINY, ["model.overrides={vision: {widht: 3}}"])
+    with pytest.raises(ConfigError, match=r"streams.*unknown stream 'captions'"):
+        load_pretrain_config(TINY, ["streams.step_groups=[[captions]]"])
+
+
+def test_lr_schedule_warmup_then_linear_or_cosine():
+    lin = OptimConfig(lr=1e-4, warmup_steps=10, decay="linear")
+    assert lr_factor(0, lin, 110) == pytest.approx(0.1)
+    assert lr_factor(9, lin, 110) == pytest.approx(1.0)
+    assert lr_factor(60, lin, 110) == pytest.approx(0.5)
+    assert lr_factor(110, lin, 110) == pytest.approx(0.0)
+    cos = OptimConfig(warmup_steps=0, decay="cosine", min_lr_ratio=0.1)
+    assert lr_factor(0, cos, 100) == pytest.approx(1.0)
+    assert lr_factor(50, cos, 100) == pytest.approx(0.1 + 0.9 * 0.5)
+    assert lr_factor(100, cos, 100) == pytest.approx(0.1)
+
+
+def test_param_groups_no_decay_on_bias_norm_temperature_and_lr_mult_on_heads():
+    from xfm.model import XFM
+    from xfm.model_config import model_config
+
+    model = XFM(model_config("tiny"))
+    groups = param_groups(model, OptimConfig(lr=1e-4, lr_mult=2.0, weight_decay=0.01))
+    where = {n: g for g in groups for n in g["names"]}
+    assert len(where) == len(dict(model.named_parameters()))  # every parameter once (tied once)
+    assert where["heads.temp.temp"]["weight_decay"] == 0.0 and where["heads.temp.temp"]["lr_mult"] == 2.0
+    assert where["heads.itm.0.weight"]["weight_decay"] == 0.01 and where["heads.itm.0.weight"]["lr"] == 2e-4
+    assert where["text.encoder.layer.0.attention.self.query.weight"]["weight_decay"] == 0.01
+    assert where["text.encoder.layer.0.attention.self.query.weight"]["lr"] == 1e-4
+    assert where["text.encoder.layer.0.attention.self.query.bias"]["weight_decay"] == 0.0
+    assert where["text.embeddings.LayerNorm.weight"]["weight_decay"] == 0.0
+    assert where["vision.blocks.0.norm1.weight"]["weight_decay"] == 0.0
+    assert where["vision.blocks.0.attn.q_bias"]["weight_decay"] == 0.0
+
+
+def test_deepspeed_config_sets_what_deepspeed_would_silently_default():
+    ds = deepspeed_config(EngineConfig(zero_stage=3, precision="bf16", gradient_clipping=0.5, grad_accum=4,
+                                       deepspeed={"zero_optimization": {"overlap_comm": True}}), world_size=8)
+    assert ds["gradient_clipping"] == 0.5 and ds["zero_force_ds_cpu_optimizer"] is False
+    assert ds["zero_optimization"]["stage"] == 3 and ds["zero_optimization"]["overlap_comm"] is True
+    assert ds["bf16"]["enabled"] and not ds["fp16"]["enabled"]
+    assert ds["train_batch_size"] == 32 and ds["gradient_accumulation_steps"] == 4
+    assert "optimizer" not in ds  # a config "AdamW" JIT-compiles a C++ op; we pass torch's AdamW
+    no_clip = deepspeed_config(EngineConfig(gradient_clipping=0.0), world_size=1)
+    assert no_clip["gradient_clipping"] == 0.0
+
+
+def test_rank_and_master_come_from_slurm_variables(monkeypatch):
+    monkeypatch.setenv("PATH", "/nonexistent")  # no scontrol: the node-list fallback parser
+    env = {"SLURM_PROCID": "5", "SLURM_LOCALID": "1", "SLURM_NTASKS": "8", "SLURM_STEP_ID": "0",
+           "SLURM_JOB_ID": "4242", "SLURM_JOB_NODELIST": "gpu-node[07-10,12]", "SLURM_NTASKS_PER_NODE": "4(x2)"}
+    info = env_from_launcher(env)
+    assert (info.rank, info.local_rank, info.world_size, info.launcher) == (5, 1, 8, "slurm")
+    assert env["RANK"] == "5" and env["WORLD_SIZE"] == "8" and env["LOCAL_RANK"] == "1"
+    assert env["MASTER_ADDR"] == "gpu-node07" and env["MASTER_PORT"] == str(20000 + 4242)
+    # torchrun / deepspeed launcher variables win over SLURM's (a torchrun inside an allocation)
+    env2 = {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "SLURM_PROCID": "0", "SLURM_NTASKS": "1",
+            "SLURM_STEP_ID": "0"}
+    info2 = env_from_launcher(env2)
+    assert (info2.rank, info2.world_size, info2.launcher) == (1, 2, "env")
+    single = env_from_launcher({})
+    assert (single.rank, single.world_size, single.launcher) == (0, 1, "single")
+
+
+ZERO3_SCRIPT = r'''
+import datetime, sys, torch, deepspeed
+from torch import nn
+from deepspeed.utils import safe_get_full_fp32_param
+from xfm.pretrain.engine import build_model, clamp_parameter_, clear_grad_partitions, partition_report
+
+deepspeed.init_distributed(dist_backend="gloo", timeout=datetime.timedelta(seconds=60))
+rank = torch.distributed.get_rank()
+
+class Temp(nn.Module):
+    def __init__(self):
+        super().__init__(); self.temp = nn.Parameter(torch.tensor(0.07))  # 0-dim, as X-FM's
+    def forward(self):
+        return self.temp.clamp(0.001, 0.5)
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(6, 6); self.b = nn.Linear(6, 6); self.t = Temp()
+        self.init_weights()  # like XFM: would write into already-partitioned parameters
+    def init_weights(self):
+        with torch.no_grad():
+            self.a.weight.fill_(0.5); self.b.weight.normal_(); self.t.temp.fill_(0.07)
+    def forward(self, x, use_b):
+        y = self.a(x)
+        if use_b:
+            y = self.b(y)
+        return y.pow(2).mean() / self.t()
+
+cfg = {"train_micro_batch_size_per_gpu": 1, "zero_optimization": {"stage": 3}, "gradient_clipping": 0.0,
+       "zero_force_ds_cpu_optimizer": False, "zero_allow_untested_optimizer": True}
+torch.manual_seed(rank)  # different per rank: rank 0's init must win
+model = build_model(Net, cfg, 3, deferred_init=(Net,))
+rep = partition_report(model)
+assert rep.per_param["a.weight"] == (36, 18), rep.per_param
+with deepspeed.zero.GatheredParameters(list(model.parameters())):
+    full = {n: p.detach().clone() for n, p in model.named_parameters()}
+assert abs(float(full["t.temp"]) - 0.07) < 1e-7
+assert torch.all(full["a.weight"] == 0.5), full["a.weight"]
+gathered = [None, None]
+torch.distributed.all_gather_object(gathered, full["b.weight"])
+assert torch.equal(gathered[0], gathered[1])  # one init, broadcast from rank 0
+engine, *_ = deepspeed.initialize(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1), config=cfg)
+
+# step 1 uses b; step 2 does not: b must not move in step 2 (plain SGD, no momentum)
+x = torch.ones(2, 6)
+engine.backward(engine(x, True)); engine.step()
+if sys.argv[1] == "fixed":
+    clear_grad_partitions(engine)
+b_after_1 = safe_get_full_fp32_param(model.b.weight).clone()
+engine.backward(engine(x, False)); engine.step()
+if sys.argv[1] == "fixed":
+    clear_grad_partitions(engine)
+b_after_2 = safe_get_full_fp32_param(model.b.weight).clone()
+if sys.argv[1] == "fixed":
+    assert torch.equal(b_after_1, b_after_2), (b_after_1 - b_after_2).abs().max()
+else:
+    print("STALE_MOVED", (b_after_1 - b_after_2).abs().max().item())
+
+# the clamp reaches the partition and the fp32 master, and survives a step with lr 0
+changed, value = clamp_parameter_(model.t.temp, 0.123, 0.123)
+assert changed and abs(value - 0.123) < 1e-7, value
+assert abs(float(safe_get_full_fp32_param(model.t.temp)) - 0.123) < 1e-7
+for g in engine.optimizer.param_groups:
+    g["lr"] = 0.0
+engine.backward(engine(x, True)); engine.step()
+with deepspeed.zero.GatheredParameters([model.t.temp]):
+    assert abs(float(model.t.temp) - 0.123) < 1e-7, float(model.t.temp)
+print("OK", rank)
+'''
+
+
+@pytest.mark.distributed
+def test_zero3_scalar_params_init_clamp_and_stale_gradients(tmp_path):
+    script = tmp_path / "zero3.py"
+    script.write_text(ZERO3_SCRIPT)
+    env = {"OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
+    import os
+
+    env = dict(os.environ, **env)
+    fixed = subprocess.run(torchrun_cmd(2, [str(script), "fixed"]), cwd=REPO, env=env, capture_output=True,
+                           text=True, timeout=240)
+    assert fixed.returncode == 0 and fixed.stdout.count("OK") == 2, tail(fixed)
+    # the control: without clearing, DeepSpeed re-applies b's old gradient in step 2
+    stale = subprocess.run(torchrun_cmd(2, [str(script), "stale"]), cwd=REPO, env=env, capture_output=True,
+                           text=True, timeout=240)
+    assert stale.returncode == 0, tail(stale)
+    moved = [float(line.split()[1]) for line in stale.stdout.splitlines() if line.startswith("STALE_MOVED")]
+    assert moved and max(moved) > 1e-4, tail(stale)
