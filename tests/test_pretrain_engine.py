@@ -143,7 +143,7 @@ class Net(nn.Module):
             y = self.b(y)
         return y.pow(2).mean() / self.t()
 
-cfg = {"train_micro_batch_size_per_gpu": 1, "zero_optimization": {"stage": 3}, "gradient_clipping": 0.0,
+cfg = {"train_micro_batch_size_per_gpu": 1, "zero_optimization": {"stage": 3, "overlap_comm": False}, "gradient_clipping": 0.0,
        "zero_force_ds_cpu_optimizer": False, "zero_allow_untested_optimizer": True}
 torch.manual_seed(rank)  # different per rank: rank 0's init must win
 model = build_model(Net, cfg, 3, deferred_init=(Net,))
@@ -182,7 +182,9 @@ for g in engine.optimizer.param_groups:
 engine.backward(engine(x, True)); engine.step()
 with deepspeed.zero.GatheredParameters([model.t.temp]):
     assert abs(float(model.t.temp) - 0.123) < 1e-7, float(model.t.temp)
-print("OK", rank)
+print("OK", rank, flush=True)
+torch.distributed.barrier()
+torch.distributed.destroy_process_group()
 '''
 
 
