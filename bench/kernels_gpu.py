@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 
 
 def main(argv=None):
@@ -32,29 +33,47 @@ def main(argv=None):
     p.add_argument("--itc-sizes", default="4096,16384,32768")
     p.add_argument("--itc-dim", type=int, default=256)
     p.add_argument("--rep-ms", type=int, default=200, help="timing window per measurement (triton.testing.do_bench)")
+    p.add_argument("--smoke-cpu", action="store_true",
+                   help="run the script's code path on CPU through the Triton interpreter (needs "
+                        "TRITON_INTERPRET=1 and tiny --batch/--heads/--itc-sizes); times mean nothing")
     args = p.parse_args(argv)
 
-    if os.environ.get("TRITON_INTERPRET") == "1":
+    interpreting = os.environ.get("TRITON_INTERPRET") == "1"
+    if interpreting and not args.smoke_cpu:
         sys.exit("kernels_gpu.py: TRITON_INTERPRET=1 is set; unset it to time compiled kernels on a GPU")
+    if args.smoke_cpu and not interpreting:
+        sys.exit("kernels_gpu.py --smoke-cpu needs TRITON_INTERPRET=1")
     import torch
 
-    if not torch.cuda.is_available():
+    if not args.smoke_cpu and not torch.cuda.is_available():
         print("kernels_gpu.py: no CUDA device on this machine (torch.cuda.is_available() is False); "
               "nothing to time. Run it on a GPU node.", file=sys.stderr)
         sys.exit(2)
     import torch.nn.functional as F
-    from triton.testing import do_bench
 
     import xfm.kernels as K
 
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
-    dev = torch.device("cuda")
-    print(f"device: {torch.cuda.get_device_name(dev)}  torch {torch.__version__}  dtype {args.dtype}")
-    try:
-        from flash_attn import flash_attn_func
-    except ImportError:
-        flash_attn_func = None
-        print("flash_attn not installed: comparing with SDPA only")
+    dev = torch.device("cpu" if args.smoke_cpu else "cuda")
+    cuda = dev.type == "cuda"
+
+    def bench(fn) -> float:
+        """Milliseconds per call: triton's do_bench on a GPU, one timed call in the CPU smoke run."""
+        if cuda:
+            from triton.testing import do_bench
+            return do_bench(fn, rep=args.rep_ms)
+        start = time.perf_counter()
+        fn()
+        return (time.perf_counter() - start) * 1e3
+
+    name = torch.cuda.get_device_name(dev) if cuda else "CPU (interpreter smoke run)"
+    print(f"device: {name}  torch {torch.__version__}  dtype {args.dtype}")
+    flash_attn_func = None
+    if cuda:
+        try:
+            from flash_attn import flash_attn_func
+        except ImportError:
+            print("flash_attn not installed: comparing with SDPA only")
 
     B, H, D = args.batch, args.heads, args.head_dim
     cases = [("text self 30x30 + key padding", 30, 30, "pad"),
@@ -94,12 +113,17 @@ def main(argv=None):
                 out = flash_attn_func(qt, kt, vt)
                 torch.autograd.grad(out, [qt, kt, vt], dt)
             impls["flash_attn*"] = fa
-        # correctness on this shape before timing
-        ref = F.scaled_dot_product_attention(q, k, v, attn_mask=mask).float()
-        got = K.attention(q, k, v, mask, backend="triton").float()
-        print(f"{name:<42} max |triton - sdpa| = {(got - ref).abs().max().item():.2e}")
+        # correctness on this shape before timing: output and every gradient against SDPA
+        ref = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        got = K.attention(q, k, v, mask, backend="triton")
+        errs = [(got.float() - ref.float()).abs().max().item()]
+        for g, r in zip(torch.autograd.grad(got, wrt, dout), torch.autograd.grad(ref, wrt, dout)):
+            errs.append((g.float() - r.float()).abs().max().item() / max(r.float().abs().max().item(), 1e-6))
+        labels = ["out", "dq", "dk", "dv", "dbias"][: len(errs)]
+        print(f"{name:<42} |triton - sdpa|: out {errs[0]:.1e} abs; grads rel. to max: "
+              + ", ".join(f"{n} {e:.1e}" for n, e in zip(labels[1:], errs[1:])))
         flops = 4 * B * H * Lq * Lk * D * 3.5
-        times = {n: do_bench(f, rep=args.rep_ms) for n, f in impls.items()}
+        times = {n: bench(f) for n, f in impls.items()}
         for n, ms in times.items():
             ratio = "" if n == "triton" else f"{ms / times['triton']:>14.2f}x"
             print(f"{'':<42} {n:<12} {ms:>8.3f} {flops / ms / 1e9:>8.1f} {ratio:>15}")
@@ -113,19 +137,31 @@ def main(argv=None):
         img = F.normalize(torch.randn(n, args.itc_dim, device=dev), dim=-1).to(dtype).requires_grad_()
         txt = F.normalize(torch.randn(n, args.itc_dim, device=dev), dim=-1).to(dtype).requires_grad_()
         temp = torch.tensor(0.07, device=dev, requires_grad=True)
-        ids = torch.randint(0, n // 3, (n,), device=dev)
+        ids = torch.randint(0, max(1, n // 3), (n,), device=dev)
         flops = 6 * n * n * args.itc_dim
         res = {}
+        if n <= 16384:  # the plain loss fits: check loss and gradients before timing
+            outs = []
+            for backend in ("triton", "torch"):
+                loss = K.contrastive_loss(img, txt, temp, ids, backend=backend)
+                outs.append([loss, *torch.autograd.grad(loss, [img, txt, temp])])
+            errs = [(a.float() - b.float()).abs().max().item() / max(b.float().abs().max().item(), 1e-12)
+                    for a, b in zip(*outs)]
+            print(f"{n:>7} check: |fused - plain| rel. to max: loss {errs[0]:.1e}, d_image {errs[1]:.1e}, "
+                  f"d_text {errs[2]:.1e}, d_temp {errs[3]:.1e}")
         for impl, backend in (("triton", "triton"), ("plain", "torch")):
             def run():
                 loss = K.contrastive_loss(img, txt, temp, ids, backend=backend)
                 torch.autograd.grad(loss, [img, txt, temp])
             try:
-                torch.cuda.empty_cache()
-                torch.cuda.reset_peak_memory_stats()
+                peak = float("nan")
+                if cuda:
+                    torch.cuda.empty_cache()
+                    torch.cuda.reset_peak_memory_stats()
                 run()
-                peak = torch.cuda.max_memory_allocated() / 1024 ** 3
-                res[impl] = (do_bench(run, rep=args.rep_ms), peak)
+                if cuda:
+                    peak = torch.cuda.max_memory_allocated() / 1024 ** 3
+                res[impl] = (bench(run), peak)
             except torch.OutOfMemoryError:
                 res[impl] = None
         for impl, r in res.items():
