@@ -97,7 +97,8 @@ class MaskingConfig:
     # fusion MLM (captions of pairs, phrases of regions)
     fusion_mask_prob: float = 0.5
     fusion_max_masks: int = 15
-    fusion_span_prob: float = 0.0
+    # the original code masks captions with the same generator as texts (spans with p 0.2)
+    fusion_span_prob: float = 0.2
     whole_word: bool = True
     mask_frac: float = 0.8
     random_frac: float = 0.1
