@@ -7,7 +7,6 @@ error naming key and file (``xfm.config``). The data section is the streaming lo
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional
 
@@ -99,6 +98,10 @@ class StreamsConfig:
     mode: Literal["all", "sample"] = "all"
     group_probs: list[float] = field(default_factory=list)
     loss_weights: dict[str, float] = field(default_factory=dict)
+    # a model part (text / vision / fusion / each head) none of whose modules ran in a step
+    # group gets lr 0 in that optimizer step (what torch's AdamW does for a parameter without
+    # gradient; under ZeRO every partition steps). false: every part steps every time.
+    freeze_unused_parts: bool = True
 
     def __post_init__(self):
         seen = []
@@ -163,10 +166,6 @@ def load_pretrain_config(path: str, overrides: list[str] | None = None) -> Pretr
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
     return cfg
-
-
-def replace(cfg, **kw):
-    return dataclasses.replace(cfg, **kw)
 
 
 __all__ = [

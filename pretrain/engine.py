@@ -53,12 +53,39 @@ def _full_shape(p: torch.Tensor) -> torch.Size:
     return p.ds_shape if hasattr(p, "ds_shape") else p.shape
 
 
+def part_of(name: str) -> str:
+    """The model part a parameter/module belongs to: ``text``, ``vision``, ``fusion`` or a head
+    (``heads.itm``, ``heads.temp``...); the unit the optimizer can leave alone in a step."""
+    bits = name.split(".")
+    return ".".join(bits[:2]) if bits[0] == "heads" and len(bits) > 1 else bits[0]
+
+
+class PartTracker:
+    """Records which model parts had a module called since ``reset()`` (forward pre-hooks)."""
+
+    def __init__(self, model: nn.Module):
+        self.parts: set[str] = set()
+        self._handles = []
+        for name, mod in model.named_modules():
+            if name:
+                part = part_of(name)
+                self._handles.append(mod.register_forward_pre_hook(lambda m, a, p=part: self.parts.add(p)))
+
+    def reset(self) -> None:
+        self.parts = set()
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+
+
 def param_groups(model: nn.Module, optim: OptimConfig) -> list[dict]:
-    """AdamW groups: (decay | no decay) x (base lr | lr * lr_mult).
+    """AdamW groups: (decay | no decay) x (base lr | lr * lr_mult), per model part.
 
     No decay on biases, every norm's parameters and scalars (the temperature); ``lr_mult`` on
     parameters whose name starts with one of ``optim.lr_mult_prefixes`` (new heads, temperature).
-    Names are the model's own (``heads.temp.temp``), without any wrapper prefix.
+    Names are the model's own (``heads.temp.temp``), without any wrapper prefix. One group per
+    model part too (``part``), so a step can leave the parts it did not use alone (``set_lr``).
     """
     norm_params = set()
     for mod in model.modules():
@@ -73,9 +100,9 @@ def param_groups(model: nn.Module, optim: OptimConfig) -> list[dict]:
         no_decay = (name.endswith("bias") or id(p) in norm_params or len(_full_shape(p)) <= 1
                     and math.prod(_full_shape(p)) == 1)
         mult = any(name.startswith(pre) for pre in optim.lr_mult_prefixes)
-        key = (no_decay, mult)
+        key = (part_of(name), no_decay, mult)
         if key not in groups:
-            groups[key] = {"params": [], "names": [],
+            groups[key] = {"params": [], "names": [], "part": key[0],
                            "weight_decay": 0.0 if no_decay else optim.weight_decay,
                            "lr_mult": optim.lr_mult if mult else 1.0,
                            "lr": optim.lr * (optim.lr_mult if mult else 1.0)}
@@ -99,11 +126,17 @@ def lr_factor(step: int, optim: OptimConfig, total_steps: int) -> float:
     return optim.min_lr_ratio + (1.0 - optim.min_lr_ratio) * shape
 
 
-def set_lr(optimizer, step: int, optim: OptimConfig, total_steps: int) -> float:
-    """Set every group's lr for this step (stateless: resume needs nothing but the step)."""
+def set_lr(optimizer, step: int, optim: OptimConfig, total_steps: int, active_parts=None) -> float:
+    """Set every group's lr for this step (stateless: resume needs nothing but the step).
+
+    ``active_parts``: when given, groups of other model parts get lr 0 - under ZeRO every
+    optimizer step updates every partition, so a part that got no gradient in this step (the
+    vision encoder in the paper's text step) would otherwise still move by its Adam momentum and
+    weight decay, where torch's AdamW skips a parameter without gradient."""
     f = lr_factor(step, optim, total_steps)
     for g in optimizer.param_groups:
-        g["lr"] = optim.lr * g.get("lr_mult", 1.0) * f
+        on = active_parts is None or g.get("part") is None or g["part"] in active_parts
+        g["lr"] = optim.lr * g.get("lr_mult", 1.0) * f if on else 0.0
     return optim.lr * f
 
 

@@ -26,7 +26,7 @@ from xfm.config import save_config
 from xfm.pretrain import checkpointing
 from xfm.pretrain.config import STREAMS, PretrainConfig
 from xfm.pretrain.dist import DistInfo, init_distributed
-from xfm.pretrain.engine import (build_model, clamp_parameter_, clear_grad_partitions, deepspeed_config, initialize,
+from xfm.pretrain.engine import (PartTracker, build_model, clamp_parameter_, clear_grad_partitions, deepspeed_config, initialize,
                                  load_full_state_dict, partition_report, set_lr)
 from xfm.pretrain.metrics import IntervalStats, MetricsWriter, batch_size, batch_tokens, memory_mb
 from xfm.pretrain.plan import plan_for_step, step_seed
@@ -68,8 +68,18 @@ def set_deterministic(on: bool) -> None:
         torch.backends.cudnn.deterministic = True
 
 
-def _to_device(batch: dict, device) -> dict:
-    return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+MODEL_INPUT_FLOATS = ("image",)  # cast to the engine's dtype; targets (boxes) stay fp32
+
+
+def _to_device(batch: dict, device, dtype: torch.dtype = torch.float32) -> dict:
+    out = {}
+    for k, v in batch.items():
+        if torch.is_tensor(v):
+            v = v.to(device, non_blocking=True)
+            if k in MODEL_INPUT_FLOATS and v.is_floating_point() and dtype != v.dtype:
+                v = v.to(dtype)
+        out[k] = v
+    return out
 
 
 def _default_model_factory(model_cfg):
@@ -255,12 +265,14 @@ def train(cfg: PretrainConfig, resume: bool = False, *,
                      params=report.total_params, local_params=report.local_params,
                      start_step=step, steps=cfg.steps, resumed=resume)
 
+    input_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[cfg.engine.precision]
     plan_trace = None
     if cfg.logging.trace_plan:
         (run_dir / "plans").mkdir(parents=True, exist_ok=True)
         plan_trace = open(run_dir / "plans" / f"rank{rank:05d}.jsonl", "a", buffering=1)
     stop = StopRequest()
     stats = IntervalStats()
+    tracker = PartTracker(model)
     num_patches = (model_cfg.vision.image_size // model_cfg.vision.patch_size) ** 2
     from xfm.objectives import LossContext
 
@@ -273,13 +285,13 @@ def train(cfg: PretrainConfig, resume: bool = False, *,
     stopped_by = 0
     engine.train()
     while step < cfg.steps:
-        t_step = time.perf_counter()
         lr = set_lr(engine.optimizer, step, cfg.optim, cfg.steps)
         plan = plan_for_step(cfg.streams, cfg.seed, step)
         if plan_trace is not None:
             plan_trace.write(json.dumps({"step": step, "plan": plan}) + "\n")
         for group in plan:
             group_name = "+".join(group)
+            tracker.reset()
             for micro in range(cfg.engine.grad_accum):
                 total = None
                 for stream in group:
@@ -288,7 +300,7 @@ def train(cfg: PretrainConfig, resume: bool = False, *,
                     stats.data_wait += time.perf_counter() - t0
                     stats.samples[stream] += batch_size(stream, batch)
                     stats.tokens[stream] += batch_tokens(stream, batch, num_patches)
-                    batch = _to_device(batch, device)
+                    batch = _to_device(batch, device, input_dtype)
                     if stream == "regions" and world > 1:
                         batch, dropped = equalize_region_rows(batch, device)
                         stats.region_rows_dropped += dropped
@@ -297,14 +309,17 @@ def train(cfg: PretrainConfig, resume: bool = False, *,
                     ctx = LossContext(group=None, world_size=world, rank=rank, generator=gen)
                     loss, parts = engine(stream, batch, ctx)
                     total = loss if total is None else total + loss
-                    local = {f"loss/{stream}": float(loss.detach())}
-                    local.update({f"loss/{stream}/{k}": float(v.detach()) for k, v in parts.items()})
+                    # detached tensors: read (one device sync) only when a log line is written
+                    local = {f"loss/{stream}": loss.detach()}
+                    local.update({f"loss/{stream}/{k}": v.detach() for k, v in parts.items()})
                     stats.add_losses({k: v / cfg.engine.grad_accum for k, v in local.items()})
                 engine.backward(total)
+                if cfg.streams.freeze_unused_parts:
+                    set_lr(engine.optimizer, step, cfg.optim, cfg.steps, tracker.parts)
                 engine.step()
             gn = engine.get_global_grad_norm()
             if gn is not None:
-                stats.grad_norm[f"grad_norm/{group_name}"] = float(gn)
+                stats.grad_norm[f"grad_norm/{group_name}"] = gn
             clear_grad_partitions(engine)  # else the next group re-applies this group's grads
         temp_value = None
         if temp_param is not None:  # every step, as the paper's in-place clamp
@@ -315,7 +330,7 @@ def train(cfg: PretrainConfig, resume: bool = False, *,
             bar.update(1)
 
         if step % cfg.logging.every == 0 or step == cfg.steps:
-            _log(stats, writer, step, lr, temp_value, world, t_step, streams, rank, bar)
+            _log(stats, writer, step, lr, temp_value, world, streams, rank, bar)
 
         signum = stop.agreed(device)
         save_now = signum or step == cfg.steps or (cfg.checkpoint.every and step % cfg.checkpoint.every == 0)
@@ -338,6 +353,7 @@ def train(cfg: PretrainConfig, resume: bool = False, *,
         if not stopped_by:
             writer.event(event="end", step=step)
         writer.close()
+    tracker.remove()
     if plan_trace is not None:
         plan_trace.close()
     if hasattr(streams, "close"):
@@ -346,11 +362,11 @@ def train(cfg: PretrainConfig, resume: bool = False, *,
             "checkpoint_dir": str(ckpt_dir)}
 
 
-def _log(stats: IntervalStats, writer, step, lr, temp, world, t_step, streams, rank, bar) -> None:
+def _log(stats: IntervalStats, writer, step, lr, temp, world, streams, rank, bar) -> None:
     """Collective (every rank calls): losses averaged over ranks, throughput summed."""
     elapsed = max(1e-9, time.perf_counter() - stats.t0)
     n = max(1, stats.steps)
-    local = {"losses": {k: v / n for k, v in stats.losses.items()},
+    local = {"losses": {k: float(v) / n for k, v in stats.losses.items()},
              "data_wait": stats.data_wait / n, "mem": memory_mb(),
              "samples": dict(stats.samples), "tokens": dict(stats.tokens),
              "counters": {**_numeric_counters(streams), "region_rows_dropped": stats.region_rows_dropped}}
@@ -372,7 +388,7 @@ def _log(stats: IntervalStats, writer, step, lr, temp, world, t_step, streams, r
         for s in sorted({k for g in gathered for k in g["samples"]}):
             rec[f"samples_per_s/{s}"] = sum(g["samples"].get(s, 0) for g in gathered) / elapsed
             rec[f"tokens_per_s/{s}"] = sum(g["tokens"].get(s, 0) for g in gathered) / elapsed
-        rec.update(stats.grad_norm)
+        rec.update({k: float(v) for k, v in stats.grad_norm.items()})
         for k in sorted({k for g in gathered for k in g["counters"]}):
             rec[f"data/{k}"] = sum(g["counters"].get(k, 0) for g in gathered)
         writer.write(rec)

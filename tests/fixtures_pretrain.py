@@ -119,7 +119,10 @@ def kill_tree(proc: subprocess.Popen, sig=None) -> None:
 def tail(proc_or_text, n: int = 4000) -> str:
     text = proc_or_text if isinstance(proc_or_text, str) else (proc_or_text.stdout + proc_or_text.stderr)
     lines = [ln for ln in text.splitlines() if "Warning" not in ln and "warn(" not in ln]
-    return "\n".join(lines)[-n:]
+    # the ranks' own errors first (torchrun's summary at the end would push them out)
+    errors = [ln for ln in lines if ln.startswith("[rank") and ("Error" in ln or "assert" in ln)
+              or "terminate called" in ln]
+    return ("\n".join(errors[-20:]) + "\n--- tail ---\n" + "\n".join(lines)[-n:]) if errors else "\n".join(lines)[-n:]
 
 
 @pytest.fixture(scope="session")

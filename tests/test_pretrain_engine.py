@@ -207,3 +207,86 @@ def test_zero3_scalar_params_init_clamp_and_stale_gradients(tmp_path):
     assert stale.returncode == 0, tail(stale)
     moved = [float(line.split()[1]) for line in stale.stdout.splitlines() if line.startswith("STALE_MOVED")]
     assert moved and max(moved) > 1e-4, tail(stale)
+
+
+def test_metrics_lines_and_optional_tensorboard(tmp_path):
+    from xfm.pretrain.metrics import MetricsWriter, read_metrics
+
+    w = MetricsWriter(tmp_path, tensorboard=False)
+    w.event(event="start", world_size=2)
+    w.write({"step": 1, "loss": 3.5, "loss/text": 1.0})
+    w.close()
+    recs = read_metrics(tmp_path)
+    assert recs[0]["event"] == "start" and recs[1] == {"step": 1, "loss": 3.5, "loss/text": 1.0}
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        with pytest.raises(RuntimeError, match="pip install tensorboard"):
+            MetricsWriter(tmp_path, tensorboard=True)
+    else:
+        w = MetricsWriter(tmp_path, tensorboard=True)
+        w.write({"step": 1, "loss": 1.0})
+        w.close()
+        assert any((tmp_path / "tensorboard").iterdir())
+
+
+def test_resume_refuses_a_checkpoint_of_another_world_size_and_a_dangling_latest(tmp_path):
+    import torch
+
+    from xfm.pretrain import checkpointing
+
+    ckpt = tmp_path / "checkpoints"
+    (ckpt / "step00000004").mkdir(parents=True)
+    torch.save({"step": 4, "rng": checkpointing.rng_state(), "streams": {}, "world_size": 4},
+               ckpt / "step00000004" / "xfm_rank00000.pt")
+    (ckpt / "latest").write_text("step00000004\n")
+    with pytest.raises(RuntimeError, match="written by 4 ranks, this run has 1.*ds_to_universal"):
+        checkpointing.load(engine=None, ckpt_dir=ckpt)
+    (ckpt / "latest").write_text("step00000008\n")
+    with pytest.raises(FileNotFoundError, match="step00000008"):
+        checkpointing.read_latest(ckpt)
+    assert checkpointing.read_latest(tmp_path / "nothing") is None
+
+
+def test_parts_a_step_did_not_use_keep_still():
+    """ZeRO steps every partition: a part without gradient in a step (zero-filled) would still
+    move by Adam momentum. The tracker + set_lr give such parts lr 0 for that step."""
+    import torch
+
+    from xfm.pretrain.engine import PartTracker, build_optimizer, part_of, set_lr
+    from xfm.model import XFM
+    from xfm.model_config import model_config
+
+    assert part_of("heads.itm.0.weight") == "heads.itm" and part_of("vision.blocks.0.norm1.weight") == "vision"
+    model = XFM(model_config("tiny"))
+    optim = OptimConfig(lr=1e-2, warmup_steps=0, decay="constant")
+    opt = build_optimizer(model, optim)
+    tracker = PartTracker(model)
+    ids = torch.randint(4, 100, (2, 8))
+    mask = torch.ones_like(ids)
+
+    def step(use_vision: bool, freeze: bool = True):
+        tracker.reset()
+        opt.zero_grad(set_to_none=False)
+        loss = model.text_mlm_logits(model.encode_text(ids, mask)).logsumexp(-1).mean()
+        if use_vision:
+            loss = loss + model.encode_image(torch.randn(2, 3, 32, 32)).pow(2).mean()
+        loss.backward()
+        for p in model.parameters():  # what ZeRO does: every partition has a (maybe zero) grad
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        set_lr(opt, 0, optim, 10, tracker.parts if freeze else None)
+        opt.step()
+
+    step(use_vision=True)  # the vision encoder gets Adam state
+    assert {"text", "vision", "heads.text_mlm"} <= tracker.parts and "fusion" not in tracker.parts
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    step(use_vision=False)  # a text-only step
+    moved = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert not any(n.startswith("vision.") for n in moved)
+    assert "text.encoder.layer.0.attention.self.query.weight" in moved
+    # the control: without it the text-only step moves the vision encoder (momentum, decay)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    step(use_vision=False, freeze=False)
+    assert not torch.equal(model.vision.blocks[0].mlp.fc1.weight, before["vision.blocks.0.mlp.fc1.weight"])
+    tracker.remove()

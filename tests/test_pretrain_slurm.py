@@ -154,12 +154,23 @@ def test_sbatch_runs_the_two_task_tiny_job(slurm_cluster, pretrain_data, tmp_pat
         if k != "SLURM_CONF":
             del env[k]
     # CPU-only node: override the script's GPU request and its 10 CPUs per task on the command line
-    cmd = ["sbatch", "--wait", "--nodes=1", "--ntasks-per-node=2", "--cpus-per-task=1", "--gpus-per-node=0",
+    cmd = ["sbatch", "--parsable", "--nodes=1", "--ntasks-per-node=2", "--cpus-per-task=1", "--gpus-per-node=0",
            "--time=10", f"--output={job_out}", str(SBATCH), str(REPO / "configs" / "pretrain" / "tiny.yaml"),
            "--out", str(run_dir), "--steps", "4", "--set", "checkpoint.every=2", "--set", "engine.dist_timeout_s=120"]
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    sub = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert sub.returncode == 0, sub.stderr
+    job_id = sub.stdout.strip().split(";")[0]
+    # poll the controller (sbatch --wait sleeps up to 32 s between its own polls)
+    state, exit_code, deadline = "", "", time.time() + 540
+    while time.time() < deadline:
+        show = subprocess.run(["scontrol", "show", "job", job_id], env=env, capture_output=True, text=True).stdout
+        fields = dict(f.split("=", 1) for f in show.split() if "=" in f)
+        state, exit_code = fields.get("JobState", ""), fields.get("ExitCode", "")
+        if state in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"):
+            break
+        time.sleep(0.5)
     log = job_out.read_text() if job_out.exists() else ""
-    assert proc.returncode == 0, f"{proc.stderr}\n{tail(log)}"
+    assert (state, exit_code) == ("COMPLETED", "0:0"), f"job {job_id}: {state} {exit_code}\n{tail(log)}"
     assert "2 task(s)" in log
     assert "xfm-pretrain: world size 2 (slurm)" in log  # rank/world came from SLURM's variables
     assert (run_dir / "checkpoints" / "latest").read_text().strip() == "step00000004"

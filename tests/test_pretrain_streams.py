@@ -2,14 +2,15 @@
 run stops cleanly on SIGUSR1 (SLURM pre-emption).
 
 - the plan is a pure function of (config, seed, step): no rank, no loader state goes in;
-- a 2-rank run that draws one group per step at random (mode: sample) finishes, every rank's
-  traced plan is identical, and SIGUSR1 makes it save at the current step and exit 0;
+- a 2-rank run (bf16) that draws one group per step at random (mode: sample) runs, every
+  rank's traced plan is identical, and SIGUSR1 makes it save at the current step and exit 0;
 - the negative control: the same run with a plan drawn from a per-rank RNG does NOT finish -
   the ranks call different modules, and the collective timeout turns the hang into an error.
 """
 from __future__ import annotations
 
 import json
+import math
 import signal
 import subprocess
 import time
@@ -58,7 +59,9 @@ SAMPLE_MODE = ["--set", "streams.mode=sample", "--set", "streams.step_groups=[[t
 def test_sampled_streams_agree_across_ranks_and_sigusr1_saves(pretrain_data, tmp_path):
     run_dir = tmp_path / "sampled"
     log = tmp_path / "sampled.log"
-    proc = popen_pretrain(pretrain_data, pretrain_args(pretrain_data, run_dir, steps=40, extra=SAMPLE_MODE), log=log)
+    # also the bf16 path (DeepSpeed's bf16 optimizer; model inputs cast to bf16)
+    extra = SAMPLE_MODE + ["--set", "engine.precision=bf16"]
+    proc = popen_pretrain(pretrain_data, pretrain_args(pretrain_data, run_dir, steps=40, extra=extra), log=log)
     deadline = time.time() + 240
     signalled = False
     while proc.poll() is None and time.time() < deadline:
@@ -91,6 +94,8 @@ def test_sampled_streams_agree_across_ranks_and_sigusr1_saves(pretrain_data, tmp
     assert traces[0] == traces[1]
     assert len(traces[0]) == stop_step
     assert len({tuple(t["plan"][0]) for t in traces[0]}) >= 2  # really a mix, not one group
+    losses = [r["loss"] for r in events if "event" not in r]
+    assert len(losses) == stop_step and all(math.isfinite(x) for x in losses)
 
 
 DIVERGENT = r'''
@@ -116,7 +121,7 @@ def test_rank_dependent_stream_choice_fails_instead_of_finishing(pretrain_data, 
     script = tmp_path / "divergent.py"
     script.write_text(DIVERGENT)
     run_dir = tmp_path / "divergent"
-    args = pretrain_args(pretrain_data, run_dir, steps=8, extra=SAMPLE_MODE + ["--set", "engine.dist_timeout_s=15"])
+    args = pretrain_args(pretrain_data, run_dir, steps=8, extra=SAMPLE_MODE + ["--set", "engine.dist_timeout_s=10"])
     t0 = time.time()
     proc = subprocess.run(torchrun_cmd(2, [str(script), *args]), cwd=REPO, env=pretrain_env(pretrain_data),
                           capture_output=True, text=True, timeout=240)
