@@ -22,10 +22,17 @@ else
 fi
 
 echo "== 2/4 pretraining: $NPROC ranks, ZeRO-3, $STEPS steps -> $RUN"
+# point every stream at the shards this world's stats.json lists
+SOURCES=()
+for kind in pairs regions text images; do
+  pattern=$($PY -c "import json,sys; print(json.load(open(sys.argv[1]))['pattern'])" "$XFM_DATA/world/shards/$kind/stats.json")
+  SOURCES+=(--set "data.$kind.sources=[{urls: \"$pattern\"}]")
+done
 RESUME=()
 [ -f "$RUN/checkpoints/latest" ] && RESUME=(--resume)
 $PY -m torch.distributed.run --standalone --nproc_per_node "$NPROC" -m xfm.pretrain.cli \
-  --config configs/pretrain/demo.yaml --out "$RUN" --steps "$STEPS" "${RESUME[@]}"
+  --config configs/pretrain/demo.yaml --out "$RUN" --steps "$STEPS" \
+  --set "data.tokenizer=$XFM_DATA/world/tokenizer" "${SOURCES[@]}" "${RESUME[@]}"
 
 echo "== 3/4 export -> $RUN/export"
 $PY -m xfm.pretrain.export "$RUN" --out "$RUN/export"
