@@ -9,16 +9,21 @@ Attention, forward+backward, on the X-FM shapes (batch 96, 12 heads, head dim 64
 Contrastive loss, forward+backward, global batch N (d = 256), against the plain torch loss
 (``reference.contrastive_loss_reference``), with peak CUDA memory of each.
 
+Every shape is first checked against its baseline (output and every gradient), then timed.
 Prints achieved TFLOP/s (attention: 4*B*H*Lq*Lk*D forward, 2.5x that backward; contrastive: the
-plain algorithm's 6*N^2*d) and the speed ratio of the fused op over each baseline.
+plain algorithm's 6*N^2*d) and the speed ratio of each baseline over the fused op, and ends with
+one SUMMARY table (markdown, ready for BENCHMARKS.md; ``--out`` also writes it as JSON lines).
+On one H200 the default run should take about a minute or two, most of it Triton's first compile
+of each kernel configuration and the plain loss at N = 32768 (8.6 GB of fp32 logits and copies).
 
-    python bench/kernels_gpu.py [--dtype bf16] [--itc-sizes 4096,16384,32768]
+    python bench/kernels_gpu.py [--dtype bf16] [--itc-sizes 4096,16384,32768] [--out gpu.jsonl]
 
-Exits with a message (status 2) on a machine without CUDA.
+Exits with a message (status 2) on a machine without CUDA, or where TRITON_INTERPRET=1 is set.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -33,6 +38,7 @@ def main(argv=None):
     p.add_argument("--itc-sizes", default="4096,16384,32768")
     p.add_argument("--itc-dim", type=int, default=256)
     p.add_argument("--rep-ms", type=int, default=200, help="timing window per measurement (triton.testing.do_bench)")
+    p.add_argument("--out", default=None, help="also write the summary rows as JSON lines here")
     p.add_argument("--smoke-cpu", action="store_true",
                    help="run the script's code path on CPU through the Triton interpreter (needs "
                         "TRITON_INTERPRET=1 and tiny --batch/--heads/--itc-sizes); times mean nothing")
@@ -66,8 +72,8 @@ def main(argv=None):
         fn()
         return (time.perf_counter() - start) * 1e3
 
-    name = torch.cuda.get_device_name(dev) if cuda else "CPU (interpreter smoke run)"
-    print(f"device: {name}  torch {torch.__version__}  dtype {args.dtype}")
+    device_name = torch.cuda.get_device_name(dev) if cuda else "CPU (interpreter smoke run)"
+    print(f"device: {device_name}  torch {torch.__version__}  dtype {args.dtype}")
     flash_attn_func = None
     if cuda:
         try:
@@ -75,6 +81,8 @@ def main(argv=None):
         except ImportError:
             print("flash_attn not installed: comparing with SDPA only")
 
+    summary = []  # one row per (case, implementation): the table printed at the end
+    t_start = time.perf_counter()
     B, H, D = args.batch, args.heads, args.head_dim
     cases = [("text self 30x30 + key padding", 30, 30, "pad"),
              ("image self 197x197 + rel-pos bias (grad)", 197, 197, "bias"),
@@ -116,17 +124,20 @@ def main(argv=None):
         # correctness on this shape before timing: output and every gradient against SDPA
         ref = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         got = K.attention(q, k, v, mask, backend="triton")
-        errs = [(got.float() - ref.float()).abs().max().item()]
+        errs = [(got.float() - ref.float()).abs().max().item() / max(ref.float().abs().max().item(), 1e-6)]
         for g, r in zip(torch.autograd.grad(got, wrt, dout), torch.autograd.grad(ref, wrt, dout)):
             errs.append((g.float() - r.float()).abs().max().item() / max(r.float().abs().max().item(), 1e-6))
         labels = ["out", "dq", "dk", "dv", "dbias"][: len(errs)]
-        print(f"{name:<42} |triton - sdpa|: out {errs[0]:.1e} abs; grads rel. to max: "
-              + ", ".join(f"{n} {e:.1e}" for n, e in zip(labels[1:], errs[1:])))
+        print(f"{name:<42} |triton - sdpa| rel. to max: "
+              + ", ".join(f"{n} {e:.1e}" for n, e in zip(labels, errs)))
         flops = 4 * B * H * Lq * Lk * D * 3.5
         times = {n: bench(f) for n, f in impls.items()}
         for n, ms in times.items():
             ratio = "" if n == "triton" else f"{ms / times['triton']:>14.2f}x"
             print(f"{'':<42} {n:<12} {ms:>8.3f} {flops / ms / 1e9:>8.1f} {ratio:>15}")
+            summary.append(dict(op="attention", case=f"{Lq}x{Lk} {kind}", impl=n, ms=ms, tflops=flops / ms / 1e9,
+                                speedup=None if n == "triton" else ms / times["triton"],
+                                max_err=max(errs) if n == "triton" else None))
     if flash_attn_func is not None:
         print("* flash_attn_func takes no additive mask: timed unmasked")
 
@@ -171,6 +182,36 @@ def main(argv=None):
             ms, peak = r
             ratio = f"{ms / res['triton'][0]:>14.2f}x" if impl != "triton" and res.get("triton") else ""
             print(f"{n:>7} {impl:<8} {ms:>9.3f} {flops / ms / 1e9:>8.1f} {peak:>8.2f} {ratio:>15}")
+            summary.append(dict(op="contrastive", case=f"N={n} d={args.itc_dim}", impl=impl, ms=ms,
+                                tflops=flops / ms / 1e9, peak_gb=peak,
+                                speedup=ms / res["triton"][0] if impl != "triton" and res.get("triton") else None,
+                                max_err=max(errs) if impl == "triton" and n <= 16384 else None))
+        for impl, r in res.items():
+            if r is None:
+                summary.append(dict(op="contrastive", case=f"N={n} d={args.itc_dim}", impl=impl, ms=None,
+                                    tflops=None, peak_gb=None, speedup=None, max_err=None, oom=True))
+
+    print_summary(summary, device_name, args, time.perf_counter() - t_start)
+    if args.out:
+        with open(args.out, "w") as f:
+            for row in summary:
+                f.write(json.dumps(dict(row, device=device_name, dtype=args.dtype)) + "\n")
+
+
+def print_summary(rows, device, args, seconds):
+    """One table with every measurement: the figures to copy into BENCHMARKS.md."""
+    print(f"\nSUMMARY  {device}  {args.dtype}  attention B={args.batch} H={args.heads} D={args.head_dim}"
+          f"  ({seconds:.0f} s)")
+    print("speed-up = baseline ms / triton ms (> 1: the fused op is faster); err = max |triton - baseline| "
+          "relative to max, over output and gradients")
+    head = f"| {'op':<11} | {'case':<16} | {'impl':<11} | {'ms':>9} | {'TFLOP/s':>7} | {'peak GB':>7} | {'speed-up':>8} | {'err':>7} |"
+    print(head)
+    print("|" + "|".join("-" * len(cell) for cell in head.strip("|").split("|")) + "|")
+    fmt = lambda v, spec: "-" if v is None or v != v else format(v, spec)  # noqa: E731 (None / NaN -> "-")
+    for r in rows:
+        ms = "OOM" if r.get("oom") else fmt(r["ms"], ".3f")
+        print(f"| {r['op']:<11} | {r['case']:<16} | {r['impl']:<11} | {ms:>9} | {fmt(r['tflops'], '.1f'):>7} | "
+              f"{fmt(r.get('peak_gb'), '.2f'):>7} | {fmt(r['speedup'], '.2f'):>8} | {fmt(r['max_err'], '.1e'):>7} |")
 
 
 if __name__ == "__main__":

@@ -12,8 +12,17 @@ broadcast (zero) strides, never expanded in memory. When the mask requires grad 
 position bias is a parameter), its gradient is produced: dS, the gradient of the pre-softmax
 scores, is written in fp32 at (B, H, Lq, Lk) and summed over the broadcast dimensions. That buffer
 is O(B*H*Lq*Lk), like the reference's attention matrix, and is only allocated when the mask needs
-a gradient. Attention dropout is not implemented: ``dropout_p > 0`` is ineligible (the dispatcher
-takes the reference under ``auto`` and raises under ``triton``).
+a gradient.
+
+Attention dropout (``dropout_p`` in [0, 1)) is fused too: the keep/drop decision of score (b, h, i, j)
+is one Philox draw, ``tl.rand(seed, (b*H + h)*Lq*Lk + i*Lk + j) >= p``, so the forward and both
+backward kernels recompute the same mask from (seed, position) and nothing of size Lq x Lk is
+stored. Kept probabilities are scaled by 1/(1-p) after the softmax, as in
+``F.scaled_dot_product_attention``; the log-sum-exp is that of the undropped scores. The seed is
+drawn from torch's CPU generator at each call, so ``torch.manual_seed`` reproduces a run and
+activation checkpointing (which restores the RNG state before recomputing) recomputes the same
+mask. ``dropout_keep_mask`` writes the mask out, for the tests' reference
+(``reference.attention_with_keep_mask``).
 """
 from __future__ import annotations
 
@@ -35,6 +44,15 @@ from .triton_common import (
 )
 
 MAX_HEAD_DIM = 128
+SEED_BOUND = 2 ** 31 - 1  # seeds stay int32 kernel arguments
+
+
+@triton.jit
+def _keep(seed, pid_bh, rows, cols, Lq, Lk, dropout_p):
+    """Dropout keep-mask of the score tile (rows, cols) of head ``pid_bh``: one Philox draw per
+    (batch*head, query, key) position (int64 offsets: unique for any tensor size)."""
+    offs = (pid_bh.to(tl.int64) * Lq + rows[:, None]) * Lk + cols[None, :]
+    return tl.rand(seed, offs) >= dropout_p
 
 
 @triton.jit
@@ -45,8 +63,9 @@ def _attn_fwd(
     svb, svh, svn, svd,
     smb, smh, smm, smn,
     sob, soh, som, sod,
-    H, Lq, Lk, D, scale,
-    HAS_MASK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    H, Lq, Lk, D, scale, seed, dropout_p, dropout_scale,
+    HAS_MASK: tl.constexpr, DROPOUT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     ACC: tl.constexpr, UPCAST: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
@@ -80,7 +99,9 @@ def _attn_fwd(
         m_shift = tl.where(m_new == float("-inf"), 0.0, m_new)
         alpha = tl.exp(m_i - m_shift)
         p = tl.exp(s - m_shift[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
+        l_i = l_i * alpha + tl.sum(p, 1)  # the normaliser counts every key, dropped or not
+        if DROPOUT:
+            p = tl.where(_keep(seed, pid_bh, offs_m, cols, Lq, Lk, dropout_p), p, 0.0)
         v = tl.load(V + b * svb + h * svh + cols[:, None] * svn + offs_d[None, :] * svd,
                     mask=col_ok[:, None] & d_ok[None, :], other=0.0)
         acc = acc * alpha[:, None] + mm(p.to(v.dtype), v, ACC, UPCAST)
@@ -89,6 +110,8 @@ def _attn_fwd(
     # A fully masked row (every key -inf) gets output 0 and lse +inf, so its gradients are 0.
     empty = l_i == 0.0
     out = acc / tl.where(empty, 1.0, l_i)[:, None]
+    if DROPOUT:
+        out = out * dropout_scale
     m_fin = tl.where(m_i == float("-inf"), 0.0, m_i)
     lse = tl.where(empty, float("inf"), m_fin + tl.log(tl.where(empty, 1.0, l_i)))
     tl.store(O + b * sob + h * soh + offs_m[:, None] * som + offs_d[None, :] * sod,
@@ -104,8 +127,9 @@ def _attn_bwd_dkdv(
     svb, svh, svn, svd,
     smb, smh, smm, smn,
     sdob, sdoh, sdom, sdod,
-    H, Lq, Lk, D, scale,
-    HAS_MASK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    H, Lq, Lk, D, scale, seed, dropout_p, dropout_scale,
+    HAS_MASK: tl.constexpr, DROPOUT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     ACC: tl.constexpr, UPCAST: tl.constexpr,
 ):
     """One program per key tile: loops over query tiles, accumulates dV = P^T dO, dK = dS^T Q."""
@@ -143,8 +167,14 @@ def _attn_bwd_dkdv(
                          mask=row_ok[:, None] & col_ok[None, :], other=0.0).to(ACC)
         p = tl.exp(s - lse[:, None])
         p = tl.where(row_ok[:, None] & col_ok[None, :], p, 0.0)
-        dv += mm(tl.trans(p.to(do.dtype)), do, ACC, UPCAST)
         dp = mm(do, vt, ACC, UPCAST)
+        if DROPOUT:
+            # O = (P * Z / (1-p)) V: dV takes the dropped, rescaled P; dP the same mask and scale.
+            keep = _keep(seed, pid_bh, rows, cols, Lq, Lk, dropout_p)
+            dv += mm(tl.trans(tl.where(keep, p * dropout_scale, 0.0).to(do.dtype)), do, ACC, UPCAST)
+            dp = tl.where(keep, dp * dropout_scale, 0.0)
+        else:
+            dv += mm(tl.trans(p.to(do.dtype)), do, ACC, UPCAST)
         ds = p * (dp - delta[:, None])
         dk += mm(tl.trans(ds.to(q.dtype)), q, ACC, UPCAST)
 
@@ -165,8 +195,8 @@ def _attn_bwd_dq(
     svb, svh, svn, svd,
     smb, smh, smm, smn,
     sdob, sdoh, sdom, sdod,
-    H, Lq, Lk, D, scale,
-    HAS_MASK: tl.constexpr, STORE_DS: tl.constexpr,
+    H, Lq, Lk, D, scale, seed, dropout_p, dropout_scale,
+    HAS_MASK: tl.constexpr, DROPOUT: tl.constexpr, STORE_DS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     ACC: tl.constexpr, UPCAST: tl.constexpr,
 ):
@@ -204,6 +234,8 @@ def _attn_bwd_dq(
         p = tl.exp(s - lse[:, None])
         p = tl.where(row_ok[:, None] & col_ok[None, :], p, 0.0)
         dp = mm(do, vt, ACC, UPCAST)
+        if DROPOUT:
+            dp = tl.where(_keep(seed, pid_bh, rows, cols, Lq, Lk, dropout_p), dp * dropout_scale, 0.0)
         ds = p * (dp - delta[:, None])
         if STORE_DS:
             tl.store(DS + pid_bh * Lq * Lk + rows[:, None] * Lk + cols[None, :], ds,
@@ -239,7 +271,7 @@ def _mask_strides(mask, shape):
 
 class _TritonAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, mask, scale):
+    def forward(ctx, q, k, v, mask, scale, dropout_p, seed):
         B, H, Lq, D = q.shape
         Lk = k.shape[2]
         cfg = launch_config(q.dtype, Lq, Lk, D)
@@ -253,11 +285,12 @@ class _TritonAttention(torch.autograd.Function):
             _attn_fwd[grid](
                 q, k, v, m_arg, out, lse,
                 *q.stride(), *k.stride(), *v.stride(), *_mask_strides(mask, (B, H, Lq, Lk)), *out.stride(),
-                H, Lq, Lk, D, scale,
-                HAS_MASK=mask is not None, **cfg,
+                H, Lq, Lk, D, scale, *_dropout_args(dropout_p, seed),
+                HAS_MASK=mask is not None, DROPOUT=dropout_p > 0, **cfg,
             )
         ctx.save_for_backward(q, k, v, mask, out, lse)
         ctx.scale = scale
+        ctx.dropout = (dropout_p, seed)
         ctx.cfg = cfg
         return out
 
@@ -280,21 +313,47 @@ class _TritonAttention(torch.autograd.Function):
         m_arg = mask if mask is not None else q
         common = (
             *q.stride(), *k.stride(), *v.stride(), *_mask_strides(mask, (B, H, Lq, Lk)), *dout.stride(),
-            H, Lq, Lk, D, scale,
+            H, Lq, Lk, D, scale, *_dropout_args(*ctx.dropout),
         )
-        meta = dict(HAS_MASK=mask is not None, **cfg)
+        meta = dict(HAS_MASK=mask is not None, DROPOUT=ctx.dropout[0] > 0, **cfg)
         with launch_device(q):
             _attn_bwd_dkdv[(triton.cdiv(Lk, block_n), B * H)](q, k, v, m_arg, dout, lse, delta, dk, dv, *common, **meta)
             _attn_bwd_dq[(triton.cdiv(Lq, block_m), B * H)](q, k, v, m_arg, dout, lse, delta, dq, ds, *common,
                                                            STORE_DS=mask_grad, **meta)
         dmask = ds.sum_to_size(mask.shape).to(mask.dtype) if mask_grad else None
-        return dq, dk, dv, dmask, None
+        return dq, dk, dv, dmask, None, None, None
 
 
-def triton_attention(q, k, v, mask=None, scale=None):
-    """Fused softmax(q k^T * scale + mask) v; same contract as ``reference.attention_reference``
-    (without dropout). Call ``ineligible_reason`` first (the dispatcher does)."""
-    reason = ineligible_reason(q, k, v, mask, 0.0, allow_interpret=True)
+def _dropout_args(dropout_p: float, seed: int):
+    return (int(seed), float(dropout_p), 1.0 / (1.0 - dropout_p))
+
+
+@triton.jit
+def _dropout_mask_kernel(KEEP, seed, dropout_p, Lq, Lk, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    pid_bh = tl.program_id(2)
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    keep = _keep(seed, pid_bh, rows, cols, Lq, Lk, dropout_p)
+    tl.store(KEEP + pid_bh.to(tl.int64) * Lq * Lk + rows[:, None] * Lk + cols[None, :], keep.to(tl.int8),
+             mask=(rows < Lq)[:, None] & (cols < Lk)[None, :])
+
+
+def dropout_keep_mask(shape, dropout_p: float, seed: int, device="cpu") -> torch.Tensor:
+    """The (B, H, Lq, Lk) boolean keep-mask the fused kernels draw for ``seed`` (True = kept)."""
+    B, H, Lq, Lk = shape
+    keep = torch.empty((B, H, Lq, Lk), dtype=torch.int8, device=device)
+    grid = (triton.cdiv(Lq, 32), triton.cdiv(Lk, 32), B * H)
+    with launch_device(keep):
+        _dropout_mask_kernel[grid](keep, int(seed), float(dropout_p), Lq, Lk, BLOCK_M=32, BLOCK_N=32)
+    return keep.bool()
+
+
+def triton_attention(q, k, v, mask=None, scale=None, dropout_p: float = 0.0, seed: int | None = None):
+    """Fused dropout(softmax(q k^T * scale + mask)) v; same contract as
+    ``reference.attention_reference``. ``seed`` fixes the dropout mask (see
+    ``dropout_keep_mask``); by default it is drawn from torch's CPU generator. Call
+    ``ineligible_reason`` first (the dispatcher does)."""
+    reason = ineligible_reason(q, k, v, mask, dropout_p, allow_interpret=True)
     if reason is not None:
         raise ValueError(f"triton_attention: {reason}")
     if scale is None:
@@ -306,13 +365,20 @@ def triton_attention(q, k, v, mask=None, scale=None):
             mask = mask.to(q.dtype)
         if mask.dim() < 4:
             mask = mask.reshape((1,) * (4 - mask.dim()) + tuple(mask.shape))
-    return _TritonAttention.apply(q, k, v, mask, float(scale))
+    dropout_p = float(dropout_p or 0.0)
+    if dropout_p > 0 and seed is None:
+        # torch's CPU generator: seeded by torch.manual_seed, saved/restored by checkpointing, and
+        # drawing from it needs no GPU synchronisation.
+        seed = int(torch.randint(0, SEED_BOUND, (1,)).item())
+    elif dropout_p > 0 and not 0 <= int(seed) < SEED_BOUND:
+        raise ValueError(f"triton_attention: seed must be in [0, {SEED_BOUND}), got {seed}")
+    return _TritonAttention.apply(q, k, v, mask, float(scale), dropout_p, 0 if dropout_p == 0 else int(seed))
 
 
 def ineligible_reason(q, k, v, mask, dropout_p, allow_interpret: bool) -> str | None:
     """None when the fused kernel can compute this call, else a sentence saying why not."""
-    if dropout_p and dropout_p > 0:
-        return f"attention dropout (dropout_p={dropout_p}) is not implemented in the fused kernel"
+    if not isinstance(dropout_p, (int, float)) or not 0 <= dropout_p < 1:
+        return f"attention dropout_p must be a number in [0, 1), got {dropout_p!r}"
     tensors = [q, k, v] + ([mask] if mask is not None else [])
     if not all(isinstance(t, torch.Tensor) for t in tensors):
         return "q, k, v (and mask) must be torch tensors"
@@ -343,4 +409,4 @@ def ineligible_reason(q, k, v, mask, dropout_p, allow_interpret: bool) -> str | 
     return None
 
 
-__all__ = ["triton_attention", "ineligible_reason", "INTERPRETED"]
+__all__ = ["triton_attention", "ineligible_reason", "dropout_keep_mask", "INTERPRETED"]

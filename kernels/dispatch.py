@@ -88,7 +88,7 @@ def attention(q, k, v, mask=None, *, dropout_p: float = 0.0, scale: float | None
 
     if _resolve("attention", backend, why_not):
         from .attention_triton import triton_attention
-        return triton_attention(q, k, v, mask, scale=scale)
+        return triton_attention(q, k, v, mask, scale=scale, dropout_p=dropout_p)
     return attention_reference(q, k, v, mask, dropout_p=dropout_p, scale=scale)
 
 

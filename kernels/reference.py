@@ -35,3 +35,16 @@ def contrastive_loss_reference(image_feat, text_feat, temp, image_ids=None):
     loss_i2t = -(F.log_softmax(logits.float(), dim=1) * targets).sum(1).mean()
     loss_t2i = -(F.log_softmax(logits.t().float(), dim=1) * targets).sum(1).mean()
     return (loss_i2t + loss_t2i) / 2
+
+
+def attention_with_keep_mask(q, k, v, mask, keep, dropout_p: float, scale: float | None = None):
+    """Attention with a given dropout keep-mask (boolean, broadcastable to (B, H, Lq, Lk)):
+    softmax(q k^T * scale + mask) * keep / (1 - dropout_p), then @ v. With the mask the fused kernel
+    draws (``attention_triton.dropout_keep_mask``), this is the spec the fused dropout must match;
+    ``F.scaled_dot_product_attention`` applies the same formula with its own random mask."""
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    scores = (q @ k.transpose(-1, -2)) * scale
+    if mask is not None:
+        scores = scores + mask.to(q.dtype)
+    probs = torch.softmax(scores, dim=-1)
+    return (probs * keep / (1.0 - dropout_p)) @ v

@@ -57,6 +57,14 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"xfm-pretrain: config error: {e}", file=sys.stderr)
         return 2
+    if cfg.logging.tensorboard:
+        from xfm.pretrain.metrics import require_tensorboard
+
+        try:
+            require_tensorboard()
+        except RuntimeError as e:
+            print(f"xfm-pretrain: {e}", file=sys.stderr)
+            return 2
     from xfm.pretrain.trainer import train
 
     summary = train(cfg, resume=args.resume)

@@ -136,7 +136,8 @@ class LoggingConfig:
     every: int = 10
     tensorboard: bool = False
     progress: bool = True
-    # every rank appends the streams it ran per step to RUN_DIR/plans/rank<r>.jsonl (hang triage)
+    # every rank appends to RUN_DIR/plans/rank<r>.jsonl a line with each step's plan and one per
+    # stream batch it is about to run, with its row count (hang triage: which rank was where)
     trace_plan: bool = False
 
 

@@ -184,9 +184,8 @@ def _scalar_params_zero_init():
 
 def _init_weights_gathered(model: nn.Module) -> None:
     """Under ``zero.Init`` a submodule is partitioned as soon as its ``__init__`` returns, so the
-    model's own ``init_weights()`` (called at the end of ``XFM.__init__``) only saw empty
-    slices. Re-run it part by part with that part's parameters gathered (rank 0's values are
-    kept), in the model's order (text last: the tied MLM decoder takes the embedding init), so
+    model is built with ``init_weights=False`` and initialised here instead, part by part with
+    that part's parameters gathered (rank 0's values are kept), in the model's order (text last: the tied MLM decoder takes the embedding init), so
     at most one encoder is ever whole on a rank."""
     import deepspeed
 
@@ -206,36 +205,20 @@ def _init_weights_gathered(model: nn.Module) -> None:
         model.reset_buffers()
 
 
-@contextlib.contextmanager
-def _deferred_init_weights(classes):
-    """Make ``init_weights`` a no-op on ``classes`` while they are built under ``zero.Init``:
-    their ``__init__`` ends with ``self.init_weights()``, which would write into parameters that
-    are already partitioned (empty). ``_init_weights_gathered`` runs it properly afterwards."""
-    saved = [(c, c.__dict__.get("init_weights")) for c in classes]
-    for c, _ in saved:
-        c.init_weights = lambda self: None
-    try:
-        yield
-    finally:
-        for c, fn in saved:
-            if fn is None:
-                del c.init_weights
-            else:
-                c.init_weights = fn
+def build_model(model_factory: Callable[..., nn.Module], ds_config: dict, zero_stage: int) -> nn.Module:
+    """Construct the model with ``model_factory(init_weights=...)``.
 
-
-def build_model(model_factory: Callable[[], nn.Module], ds_config: dict, zero_stage: int,
-                deferred_init=()) -> nn.Module:
-    """Construct the model; under ZeRO-3 each parameter is partitioned as soon as its module's
-    ``__init__`` returns, so peak memory per rank is a slice of the model plus one layer.
-    ``deferred_init``: model classes whose constructor calls ``init_weights()``."""
+    Under ZeRO-3 the factory runs inside ``zero.Init`` with ``init_weights=False``: each
+    parameter is partitioned as soon as its module's ``__init__`` returns (peak memory per rank
+    is a slice of the model plus one layer), so an ``init_weights()`` at the end of the model's
+    constructor would write into empty slices; ``_init_weights_gathered`` runs it afterwards
+    with the parameters gathered. Other stages build a whole model with its own init."""
     import deepspeed
 
     if zero_stage != 3:
-        return model_factory()
-    with _scalar_params_zero_init(), _deferred_init_weights(deferred_init), \
-            deepspeed.zero.Init(config_dict_or_path=ds_config):
-        model = model_factory()
+        return model_factory(init_weights=True)
+    with _scalar_params_zero_init(), deepspeed.zero.Init(config_dict_or_path=ds_config):
+        model = model_factory(init_weights=False)
     _init_weights_gathered(model)
     return model
 

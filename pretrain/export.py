@@ -67,7 +67,7 @@ def export(run_dir: str | Path, out_dir: str | Path, tag: str | None = None):
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     model_cfg = load_config(run_dir / "model_config.yaml", ModelConfig)
     state, tag = consolidated_state_dict(run_dir, tag)
-    model = XFM(model_cfg)
+    model = XFM(model_cfg, init_weights=False)  # every weight comes from the checkpoint
     result = model.load_state_dict(state, strict=False)
     missing = [k for k in result.missing_keys if not _tied_alias(model, k, state)]
     if missing or result.unexpected_keys:

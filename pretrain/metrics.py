@@ -39,6 +39,22 @@ def batch_tokens(stream: str, batch: dict, num_patches: int) -> int:
     return tokens
 
 
+TENSORBOARD_MISSING = ("logging.tensorboard is true, but the tensorboard package is not installed: "
+                       "`pip install tensorboard` (the `tensorboard` extra of xfm's setup.py), "
+                       "or set logging.tensorboard=false (metrics.jsonl is written either way)")
+
+
+def require_tensorboard():
+    """``SummaryWriter``, or the error that says what to install. The trainer calls it on every
+    rank before anything starts, so a missing optional package fails the job at once (not after
+    the model is built, with the other ranks left waiting in a collective)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as e:  # tensorboard is an optional extra
+        raise RuntimeError(TENSORBOARD_MISSING) from e
+    return SummaryWriter
+
+
 class IntervalStats:
     """Sums over the steps since the last log line (local to this rank)."""
 
@@ -52,7 +68,6 @@ class IntervalStats:
         self.samples = defaultdict(int)
         self.tokens = defaultdict(int)
         self.data_wait = 0.0
-        self.region_rows_dropped = 0
         self.grad_norm = {}
 
     def add_losses(self, values: dict[str, float]):
@@ -69,12 +84,7 @@ class MetricsWriter:
         self._f = open(self.path, "a", buffering=1)
         self._tb = None
         if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError as e:  # tensorboard is an optional extra
-                raise RuntimeError("logging.tensorboard: true needs `pip install tensorboard` "
-                                   "(the `xfm[tensorboard]` extra)") from e
-            self._tb = SummaryWriter(str(Path(run_dir) / "tensorboard"))
+            self._tb = require_tensorboard()(str(Path(run_dir) / "tensorboard"))
 
     def write(self, record: dict) -> None:
         self._f.write(json.dumps(record, sort_keys=True) + "\n")

@@ -28,7 +28,8 @@ from xfm.pretrain.config import STREAMS, PretrainConfig
 from xfm.pretrain.dist import DistInfo, init_distributed
 from xfm.pretrain.engine import (PartTracker, build_model, clamp_parameter_, clear_grad_partitions, deepspeed_config, initialize,
                                  load_full_state_dict, partition_report, set_lr)
-from xfm.pretrain.metrics import IntervalStats, MetricsWriter, batch_size, batch_tokens, memory_mb
+from xfm.pretrain.metrics import (IntervalStats, MetricsWriter, batch_size, batch_tokens, memory_mb,
+                                  require_tensorboard)
 from xfm.pretrain.plan import plan_for_step, step_seed
 from xfm.pretrain.wrapper import PretrainWrapper
 
@@ -85,7 +86,7 @@ def _to_device(batch: dict, device, dtype: torch.dtype = torch.float32) -> dict:
 def _default_model_factory(model_cfg):
     from xfm.model import XFM
 
-    return lambda: XFM(model_cfg)
+    return lambda init_weights=True: XFM(model_cfg, init_weights=init_weights)
 
 
 def _default_streams_factory(cfg: PretrainConfig, info: DistInfo, streams: list[str]):
@@ -133,30 +134,6 @@ def _set_encoder_checkpointing(model, encoders: list[str]) -> None:
             mod.grad_checkpointing = name in encoders
 
 
-REGION_ROW_KEYS = ("text_ids", "text_mask", "text_ids_masked", "mlm_labels", "region_image_index",
-                   "region_patch_mask", "region_boxes", "is_whole_image")
-
-
-def equalize_region_rows(batch: dict, device) -> tuple[dict, int]:
-    """Cut a regions batch to the smallest row count of any rank (collective).
-
-    Region ITC/ITM all-gather one feature row per region, and ``xfm.distributed`` needs the same
-    shape on every rank, but the number of region rows per image varies with the picture. Until
-    the gather pads variable sizes, the extra rows of the larger batches are dropped here (the
-    count goes to the logs as ``data/region_rows_dropped``)."""
-    rows = int(batch["text_ids"].shape[0])
-    t = torch.tensor([rows], dtype=torch.int64, device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MIN)
-    keep = int(t.item())
-    if keep == rows:
-        return batch, 0
-    out = dict(batch)
-    for k in REGION_ROW_KEYS:
-        if k in out:
-            out[k] = out[k][:keep]
-    return out, rows - keep
-
-
 def _next_batch(streams, name: str) -> dict:
     return streams.next(name) if hasattr(streams, "next") else next(streams[name])
 
@@ -185,6 +162,8 @@ def setup_run(cfg: PretrainConfig, resume: bool = False, *,
               write_config: bool = True) -> Run:
     """Process group, model under zero.Init, engine, streams; restores the latest checkpoint
     when ``resume``. Collective: every rank calls it."""
+    if cfg.logging.tensorboard:
+        require_tensorboard()  # every rank, before the process group: fail at once, not in a collective
     set_deterministic(cfg.deterministic)
     info = init_distributed(cfg.engine.backend, cfg.engine.dist_timeout_s)
     rank, world = info.rank, info.world_size
@@ -208,13 +187,9 @@ def setup_run(cfg: PretrainConfig, resume: bool = False, *,
 
     # identical init on every rank (zero.Init also broadcasts from rank 0), then per-rank seeds
     seed_everything(cfg.seed)
+    # the factory takes ``init_weights``: under ZeRO-3 the engine initialises the partitioned model
     factory = model_factory(model_cfg) if model_factory else _default_model_factory(model_cfg)
-    deferred = ()
-    if model_factory is None:
-        from xfm.model import XFM
-
-        deferred = (XFM,)
-    model = build_model(factory, ds_config, cfg.engine.zero_stage, deferred_init=deferred)
+    model = build_model(factory, ds_config, cfg.engine.zero_stage)
     _set_encoder_checkpointing(model, cfg.engine.activation_checkpointing)
     if cfg.model.init_from and not resume:
         _init_from(model, model_cfg, cfg.model.init_from, rank)
@@ -301,9 +276,9 @@ def train(cfg: PretrainConfig, resume: bool = False, *,
                     stats.samples[stream] += batch_size(stream, batch)
                     stats.tokens[stream] += batch_tokens(stream, batch, num_patches)
                     batch = _to_device(batch, device, input_dtype)
-                    if stream == "regions" and world > 1:
-                        batch, dropped = equalize_region_rows(batch, device)
-                        stats.region_rows_dropped += dropped
+                    if plan_trace is not None:  # what this rank is about to run (hang triage)
+                        plan_trace.write(json.dumps({"step": step, "micro": micro, "stream": stream,
+                                                     "rows": batch_size(stream, batch)}) + "\n")
                     gen = torch.Generator(device=device).manual_seed(
                         step_seed(cfg.seed, step * cfg.engine.grad_accum + micro, rank, STREAMS.index(stream)))
                     ctx = LossContext(group=None, world_size=world, rank=rank, generator=gen)
@@ -369,7 +344,7 @@ def _log(stats: IntervalStats, writer, step, lr, temp, world, streams, rank, bar
     local = {"losses": {k: float(v) / n for k, v in stats.losses.items()},
              "data_wait": stats.data_wait / n, "mem": memory_mb(),
              "samples": dict(stats.samples), "tokens": dict(stats.tokens),
-             "counters": {**_numeric_counters(streams), "region_rows_dropped": stats.region_rows_dropped}}
+             "counters": _numeric_counters(streams)}
     gathered = [local]
     if dist.is_initialized() and world > 1:
         gathered = [None] * world

@@ -39,3 +39,12 @@ $PY -m xfm.pretrain.export "$RUN" --out "$RUN/export"
 
 echo "== 4/4 reload and evaluate zero-shot retrieval on held-out pictures"
 $PY scripts/demo_eval.py --model "$RUN/export" --world "$XFM_DATA/world" --metrics "$RUN/demo_eval.json"
+
+echo "== losses (first and last logged step, $RUN/metrics.jsonl)"
+$PY - "$RUN/metrics.jsonl" <<'PYEOF'
+import json, sys
+rows = [r for r in map(json.loads, open(sys.argv[1])) if "loss" in r]
+first, last = rows[0], rows[-1]
+for key in sorted(k for k in first if k.startswith("loss")):
+    print(f"  {key:28s} {first[key]:8.3f} -> {last.get(key, float('nan')):8.3f}")
+PYEOF

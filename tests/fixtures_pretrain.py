@@ -56,14 +56,15 @@ def torchrun_cmd(nproc: int, module_args: list[str]) -> list[str]:
 
 def pretrain_args(data: PretrainData, out: Path, steps: int = STEPS, extra: list[str] = ()) -> list[str]:
     """The tiny config, made exact and observable: fp32 + deterministic, a metrics line per step,
-    checkpoints every CKPT_EVERY steps (all kept), a 60 s collective timeout (a hang fails), and
+    checkpoints every CKPT_EVERY steps (all kept), a 60 s collective timeout (a hang fails), the
+    per-rank trace of every batch run (``plans/rank<r>.jsonl``: stream and row count), and
     the pairs stream reading 4 good shards + 1 corrupt one (5 shards over 2 ranks: uneven)."""
     pairs = data.world / "shards" / "pairs"
     urls = f'["{pairs}/pairs-{{000000..000003}}.tar", "{data.corrupt_shard}"]'
     return ["--config", str(TINY), "--out", str(out), "--steps", str(steps), "--deterministic",
             "--set", "engine.precision=fp32", "--set", "engine.dist_timeout_s=60",
             "--set", "logging.every=1", "--set", f"checkpoint.every={CKPT_EVERY}",
-            "--set", "checkpoint.keep_last=0",
+            "--set", "checkpoint.keep_last=0", "--set", "logging.trace_plan=true",
             "--set", f"data.pairs.sources=[{{urls: {urls}}}]", *extra]
 
 

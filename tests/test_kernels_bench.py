@@ -57,3 +57,10 @@ def test_gpu_bench_code_path_runs_in_the_interpreter():
         errors = [float(x) for x in re.findall(r"\d+\.\d+e[+-]\d+", line)]
         assert errors and max(errors) < 1e-4, line
     assert "40 check:" in res.stdout and "fused speed-up" in res.stdout
+    # the closing summary table: one row per case and implementation, errors filled for triton
+    summary = res.stdout.split("SUMMARY", 1)[1].splitlines()
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in summary if line.startswith("| ")][1:]
+    assert {(r[0], r[2]) for r in rows} == {("attention", "triton"), ("attention", "sdpa"),
+                                           ("contrastive", "triton"), ("contrastive", "plain")}
+    assert len(rows) == 3 * 2 + 2
+    assert all(float(r[7]) < 1e-4 for r in rows if r[2] == "triton")

@@ -41,25 +41,30 @@ SCRIPT = textwrap.dedent(
                 sig[name] = "*fp32"
             elif name in ("IDA", "IDB"):
                 sig[name] = "*i64"
+            elif name == "KEEP":
+                sig[name] = "*i8"
             elif name.isupper() and name not in ("H", "N", "D"):
                 sig[name] = PTR[dtype]
-            elif name == "scale":
+            elif name in ("scale", "dropout_p", "dropout_scale"):
                 sig[name] = "fp32"
             else:
                 sig[name] = "i32"
         kernel = triton.compile(ASTSource(fn, sig, constexprs=consts), target=target, options=opts)
-        return {"kernel": fn.__name__, "dtype": str(dtype), "blocks": [cfg.get("BLOCK_M"), cfg.get("BLOCK_N"), cfg["BLOCK_D"]],
+        return {"kernel": fn.__name__, "dtype": str(dtype), "blocks": [cfg.get("BLOCK_M"), cfg.get("BLOCK_N"), cfg.get("BLOCK_D")],
                 "shared": kernel.metadata.shared}
 
     out = []
     cases = [(torch.bfloat16, 30, 197, 64), (torch.bfloat16, 197, 197, 64), (torch.float32, 197, 197, 64)]
     if "--full" in sys.argv:
         cases += [(torch.float16, 30, 30, 128), (torch.float32, 30, 197, 128)]
-    for dtype, lq, lk, d in cases:
+    for i, (dtype, lq, lk, d) in enumerate(cases):
         cfg = A.launch_config(dtype, lq, lk, d)
-        out.append(compile_one(A._attn_fwd, dtype, cfg, {"HAS_MASK": True}))
-        out.append(compile_one(A._attn_bwd_dkdv, dtype, cfg, {"HAS_MASK": True}))
-        out.append(compile_one(A._attn_bwd_dq, dtype, cfg, {"HAS_MASK": True, "STORE_DS": True}))
+        flags = {"HAS_MASK": True, "DROPOUT": i % 2 == 0}  # Philox dropout in every other case
+        out.append(compile_one(A._attn_fwd, dtype, cfg, flags))
+        out.append(compile_one(A._attn_bwd_dkdv, dtype, cfg, flags))
+        out.append(compile_one(A._attn_bwd_dq, dtype, cfg, dict(flags, STORE_DS=True)))
+    out.append(compile_one(A._dropout_mask_kernel, torch.float32,
+                           {"BLOCK_M": 32, "BLOCK_N": 32, "num_warps": 4, "num_stages": 1}))
     for dtype, d in [(torch.bfloat16, 256), (torch.float32, 256)] + ([(torch.bfloat16, 512)] if "--full" in sys.argv else []):
         cfg = C.launch_config(dtype, 65536, d)
         out.append(compile_one(C._row_lse_pos, dtype, cfg))

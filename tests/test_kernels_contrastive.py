@@ -6,6 +6,7 @@ Runs the Triton kernels in the interpreter (TRITON_INTERPRET=1 from conftest.py)
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import xfm.kernels as K
 from xfm.kernels import contrastive_triton
@@ -132,3 +133,39 @@ def test_contrastive_ineligible_reasons():
     assert "dtype" in reason(img, txt.double(), temp, None, allow_interpret=True)
     assert "TRITON_INTERPRET" in reason(img, txt, temp, None, allow_interpret=False)
     assert reason(img, txt, temp, ids, allow_interpret=True) is None
+
+
+class _LargestTensor(TorchDispatchMode):
+    """Records the largest tensor, in bytes, any torch op creates while active (the interpreter's
+    launches included: it views each argument as bytes)."""
+
+    def __init__(self):
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in torch.utils._pytree.tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                self.largest = max(self.largest, t.numel() * t.element_size())
+        return out
+
+
+def test_contrastive_never_allocates_n_by_n():
+    """Memory O(N*d): no tensor of N x N elements in forward or backward (the tiles live inside the
+    kernels). The same probe sees the reference's N x N logits, so it can tell the two apart."""
+    n, d = 300, 8
+    img, txt, ids = _inputs(n, d, True)
+    for backend in ("triton", "torch"):
+        i, t = img.float().requires_grad_(), txt.float().requires_grad_()
+        temp = torch.tensor(0.07, requires_grad=True)
+        with _LargestTensor() as fwd:
+            loss = K.contrastive_loss(i, t, temp, ids, backend=backend)
+        with _LargestTensor() as bwd:
+            loss.backward()
+        if backend == "triton":
+            assert _fused(loss)
+            # nothing bigger than one fp32 (N, d) feature gradient (N x N fp32 would be 37x more)
+            assert fwd.largest <= 4 * n * d and bwd.largest <= 4 * n * d, (fwd.largest, bwd.largest)
+        else:
+            assert fwd.largest >= 4 * n * n and bwd.largest >= 4 * n * n

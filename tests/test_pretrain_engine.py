@@ -129,11 +129,15 @@ class Temp(nn.Module):
     def forward(self):
         return self.temp.clamp(0.001, 0.5)
 
+built_with = []
+
 class Net(nn.Module):
-    def __init__(self):
+    def __init__(self, init_weights=True):  # like XFM(config, init_weights=...)
         super().__init__()
         self.a = nn.Linear(6, 6); self.b = nn.Linear(6, 6); self.t = Temp()
-        self.init_weights()  # like XFM: would write into already-partitioned parameters
+        built_with.append(init_weights)
+        if init_weights:  # under zero.Init this would write into already-partitioned parameters
+            self.init_weights()
     def init_weights(self):
         with torch.no_grad():
             self.a.weight.fill_(0.5); self.b.weight.normal_(); self.t.temp.fill_(0.07)
@@ -146,7 +150,8 @@ class Net(nn.Module):
 cfg = {"train_micro_batch_size_per_gpu": 1, "zero_optimization": {"stage": 3, "overlap_comm": False}, "gradient_clipping": 0.0,
        "zero_force_ds_cpu_optimizer": False, "zero_allow_untested_optimizer": True}
 torch.manual_seed(rank)  # different per rank: rank 0's init must win
-model = build_model(Net, cfg, 3, deferred_init=(Net,))
+model = build_model(Net, cfg, 3)
+assert built_with == [False], built_with  # the engine initialises the partitioned model itself
 rep = partition_report(model)
 assert rep.per_param["a.weight"] == (36, 18), rep.per_param
 with deepspeed.zero.GatheredParameters(list(model.parameters())):
@@ -209,7 +214,8 @@ def test_zero3_scalar_params_init_clamp_and_stale_gradients(tmp_path):
     assert moved and max(moved) > 1e-4, tail(stale)
 
 
-def test_metrics_lines_and_optional_tensorboard(tmp_path):
+def test_metrics_lines_and_optional_tensorboard(tmp_path, data_env, capsys):
+    from xfm.pretrain.cli import main
     from xfm.pretrain.metrics import MetricsWriter, read_metrics
 
     w = MetricsWriter(tmp_path, tensorboard=False)
@@ -223,11 +229,18 @@ def test_metrics_lines_and_optional_tensorboard(tmp_path):
     except ImportError:
         with pytest.raises(RuntimeError, match="pip install tensorboard"):
             MetricsWriter(tmp_path, tensorboard=True)
+        # the command stops before starting anything, saying what to install
+        rc = main(["--config", str(TINY), "--out", str(tmp_path / "tb"), "--set", "logging.tensorboard=true"])
+        err = capsys.readouterr().err
+        assert rc == 2 and "pip install tensorboard" in err and "logging.tensorboard=false" in err, err
+        assert not (tmp_path / "tb").exists()
     else:
         w = MetricsWriter(tmp_path, tensorboard=True)
         w.write({"step": 1, "loss": 1.0})
         w.close()
         assert any((tmp_path / "tensorboard").iterdir())
+    # the shipped cluster config runs without the optional package
+    assert load_pretrain_config(REPO / "configs" / "pretrain" / "base_4m.yaml").logging.tensorboard is False
 
 
 def test_resume_refuses_a_checkpoint_of_another_world_size_and_a_dangling_latest(tmp_path):
@@ -290,3 +303,18 @@ def test_parts_a_step_did_not_use_keep_still():
     step(use_vision=False, freeze=False)
     assert not torch.equal(model.vision.blocks[0].mlp.fc1.weight, before["vision.blocks.0.mlp.fc1.weight"])
     tracker.remove()
+
+
+def test_xfm_init_weights_keyword(monkeypatch):
+    """``XFM(config, init_weights=False)`` skips the init (the engine initialises the ZeRO-3
+    partitioned model itself, with its parameters gathered); the default still initialises."""
+    from xfm.model import XFM
+    from xfm.model_config import model_config
+
+    calls = []
+    monkeypatch.setattr(XFM, "init_weights", lambda self: calls.append(self))
+    skipped = XFM(model_config("tiny"), init_weights=False)
+    assert calls == []
+    assert skipped.heads.text_mlm.decoder.weight is skipped.text.embeddings.word_embeddings.weight  # still tied
+    done = XFM(model_config("tiny"))
+    assert calls == [done]

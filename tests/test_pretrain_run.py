@@ -83,6 +83,23 @@ def test_uneven_and_corrupt_shards_neither_hang_nor_stop(tiny_run):
     assert "pairs-corrupt.tar" in out  # named in the warning
 
 
+def test_region_rows_differ_across_ranks_and_none_is_dropped(tiny_run):
+    """Region ITC gathers one feature row per region from every rank, and the row count varies
+    with the pictures: the run must gather every rank's rows as they are (xfm.distributed pads
+    and trims), not cut the batches to a common size."""
+    lines = [[json.loads(x) for x in (tiny_run.run_dir / "plans" / f"rank{r:05d}.jsonl").read_text().splitlines()]
+             for r in (0, 1)]
+    rows = [{(x["step"], x["micro"]): x["rows"] for x in ln if x.get("stream") == "regions"} for ln in lines]
+    assert rows[0].keys() == rows[1].keys() and len(rows[0]) == STEPS
+    unequal = [k for k in rows[0] if rows[0][k] != rows[1][k]]
+    # the synthetic pictures carry 1-3 boxes + a caption row: ranks do differ in most steps
+    assert len(unequal) >= STEPS // 3, (rows[0], rows[1])
+    recs = step_losses(tiny_run.run_dir)
+    assert not any(k.startswith("data/region_rows") for r in recs.values() for k in r)
+    for rec in recs.values():
+        assert math.isfinite(rec["loss/regions/region_itc"]) and rec["loss/regions/region_itc"] > 0
+
+
 def test_sigkill_then_resume_reproduces_the_uninterrupted_losses(tiny_run, pretrain_data, tmp_path):
     run_dir = tmp_path / "killed"
     args = pretrain_args(pretrain_data, run_dir)

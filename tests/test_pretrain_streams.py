@@ -89,9 +89,13 @@ def test_sampled_streams_agree_across_ranks_and_sigusr1_saves(pretrain_data, tmp
     stop_step = stopped[0]["step"]
     assert 6 <= stop_step < 40
     assert (run_dir / "checkpoints" / "latest").read_text().strip() == f"step{stop_step:08d}"
-    traces = [[json.loads(x) for x in (run_dir / "plans" / f"rank{r:05d}.jsonl").read_text().splitlines()]
-              for r in (0, 1)]
+    lines = [[json.loads(x) for x in (run_dir / "plans" / f"rank{r:05d}.jsonl").read_text().splitlines()]
+             for r in (0, 1)]
+    traces = [[x for x in ln if "plan" in x] for ln in lines]
     assert traces[0] == traces[1]
+    # and inside each step, the same streams in the same order on both ranks
+    ran = [[(x["step"], x["micro"], x["stream"]) for x in ln if "stream" in x] for ln in lines]
+    assert ran[0] == ran[1] and len(ran[0]) >= stop_step
     assert len(traces[0]) == stop_step
     assert len({tuple(t["plan"][0]) for t in traces[0]}) >= 2  # really a mix, not one group
     losses = [r["loss"] for r in events if "event" not in r]
@@ -126,8 +130,8 @@ def test_rank_dependent_stream_choice_fails_instead_of_finishing(pretrain_data, 
     proc = subprocess.run(torchrun_cmd(2, [str(script), *args]), cwd=REPO, env=pretrain_env(pretrain_data),
                           capture_output=True, text=True, timeout=240)
     out = proc.stdout + proc.stderr
-    traces = [[json.loads(x)["plan"] for x in (run_dir / "plans" / f"rank{r:05d}.jsonl").read_text().splitlines()]
-              for r in (0, 1)]
+    traces = [[json.loads(x)["plan"] for x in (run_dir / "plans" / f"rank{r:05d}.jsonl").read_text().splitlines()
+               if '"plan"' in x] for r in (0, 1)]
     assert traces[0] != traces[1], "the control did not diverge; pick another seed"
     assert proc.returncode != 0, "ranks running different streams finished: the hazard this guards is gone?"
     assert time.time() - t0 < 200

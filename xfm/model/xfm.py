@@ -30,7 +30,11 @@ from .vision import VisionEncoder
 
 
 class XFM(nn.Module):
-    def __init__(self, config: ModelConfig | str = "base"):
+    def __init__(self, config: ModelConfig | str = "base", *, init_weights: bool = True):
+        """``init_weights=False`` leaves the parameters as their modules created them: for a caller
+        that initialises them itself (the pretraining engine under DeepSpeed ``zero.Init``, where
+        every submodule is already partitioned when this constructor ends, re-runs
+        ``init_weights()`` with the parameters gathered), or that loads every weight next."""
         super().__init__()
         if isinstance(config, str):
             config = model_config(config)
@@ -43,7 +47,8 @@ class XFM(nn.Module):
         self.fusion = FusionEncoder(config.fusion, config.text, config.vision.hidden_size, backend=attn)
         self.heads = Heads(config, tied_word_embeddings=self.text.embeddings.word_embeddings.weight)
         self.set_grad_checkpointing(config.grad_checkpointing)
-        self.init_weights()
+        if init_weights:
+            self.init_weights()
 
     # ----------------------------------------------------------------------------- set-up
     def init_weights(self) -> None:
