@@ -6,6 +6,8 @@ Attention, forward+backward, on the X-FM shapes (batch 96, 12 heads, head dim 64
   against ``torch.nn.functional.scaled_dot_product_attention`` with the same mask, and against
   ``flash_attn.flash_attn_func`` when installed (it takes no additive mask, so it runs unmasked:
   a lower bound for what a masked call would cost).
+The text and cross cases are also timed with attention dropout 0.1 (fused Philox mask vs SDPA's
+dropout), as the base config trains the text and fusion encoders.
 Contrastive loss, forward+backward, global batch N (d = 256), against the plain torch loss
 (``reference.contrastive_loss_reference``), with peak CUDA memory of each.
 
@@ -58,6 +60,7 @@ def main(argv=None):
     import torch.nn.functional as F
 
     import xfm.kernels as K
+    from xfm.kernels import attention_triton, reference
 
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
     dev = torch.device("cpu" if args.smoke_cpu else "cuda")
@@ -84,12 +87,16 @@ def main(argv=None):
     summary = []  # one row per (case, implementation): the table printed at the end
     t_start = time.perf_counter()
     B, H, D = args.batch, args.heads, args.head_dim
-    cases = [("text self 30x30 + key padding", 30, 30, "pad"),
-             ("image self 197x197 + rel-pos bias (grad)", 197, 197, "bias"),
-             ("cross 30x197 + key padding", 30, 197, "pad")]
+    # (label, Lq, Lk, mask kind, attention dropout): the last two are the training calls of the
+    # text/fusion encoders (attention_dropout 0.1 in the base config)
+    cases = [("text self 30x30 + key padding", 30, 30, "pad", 0.0),
+             ("image self 197x197 + rel-pos bias (grad)", 197, 197, "bias", 0.0),
+             ("cross 30x197 + key padding", 30, 197, "pad", 0.0),
+             ("text self 30x30 + padding + dropout 0.1", 30, 30, "pad", 0.1),
+             ("cross 30x197 + padding + dropout 0.1", 30, 197, "pad", 0.1)]
     print(f"\nattention fwd+bwd, B={B} H={H} D={D}")
     print(f"{'case':<42} {'impl':<12} {'ms':>8} {'TFLOP/s':>8} {'fused speed-up':>15}")
-    for name, Lq, Lk, kind in cases:
+    for name, Lq, Lk, kind, drop in cases:
         torch.manual_seed(0)
         q = torch.randn(B, H, Lq, D, device=dev, dtype=dtype, requires_grad=True)
         k = torch.randn(B, H, Lk, D, device=dev, dtype=dtype, requires_grad=True)
@@ -110,10 +117,10 @@ def main(argv=None):
             return run
 
         impls = {
-            "triton": step(lambda: K.attention(q, k, v, mask, backend="triton")),
-            "sdpa": step(lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask)),
+            "triton": step(lambda: K.attention(q, k, v, mask, dropout_p=drop, backend="triton")),
+            "sdpa": step(lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop)),
         }
-        if flash_attn_func is not None and dtype != torch.float32:
+        if flash_attn_func is not None and dtype != torch.float32 and drop == 0:
             qt, kt, vt = (t.detach().transpose(1, 2).contiguous().requires_grad_() for t in (q, k, v))
             dt = dout.transpose(1, 2).contiguous()
 
@@ -121,21 +128,28 @@ def main(argv=None):
                 out = flash_attn_func(qt, kt, vt)
                 torch.autograd.grad(out, [qt, kt, vt], dt)
             impls["flash_attn*"] = fa
-        # correctness on this shape before timing: output and every gradient against SDPA
-        ref = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        got = K.attention(q, k, v, mask, backend="triton")
+        # correctness on this shape before timing: output and every gradient against SDPA (with
+        # dropout: against the reference formula with the keep-mask the kernels draw for a seed)
+        if drop:
+            keep = attention_triton.dropout_keep_mask((B, H, Lq, Lk), drop, 1234, device=dev)
+            ref = reference.attention_with_keep_mask(q, k, v, mask, keep, drop)
+            got = attention_triton.triton_attention(q, k, v, mask, dropout_p=drop, seed=1234)
+        else:
+            ref = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            got = K.attention(q, k, v, mask, backend="triton")
         errs = [(got.float() - ref.float()).abs().max().item() / max(ref.float().abs().max().item(), 1e-6)]
         for g, r in zip(torch.autograd.grad(got, wrt, dout), torch.autograd.grad(ref, wrt, dout)):
             errs.append((g.float() - r.float()).abs().max().item() / max(r.float().abs().max().item(), 1e-6))
         labels = ["out", "dq", "dk", "dv", "dbias"][: len(errs)]
-        print(f"{name:<42} |triton - sdpa| rel. to max: "
+        against = "keep-mask ref" if drop else "sdpa"
+        print(f"{name:<42} |triton - {against}| rel. to max: "
               + ", ".join(f"{n} {e:.1e}" for n, e in zip(labels, errs)))
         flops = 4 * B * H * Lq * Lk * D * 3.5
         times = {n: bench(f) for n, f in impls.items()}
         for n, ms in times.items():
             ratio = "" if n == "triton" else f"{ms / times['triton']:>14.2f}x"
             print(f"{'':<42} {n:<12} {ms:>8.3f} {flops / ms / 1e9:>8.1f} {ratio:>15}")
-            summary.append(dict(op="attention", case=f"{Lq}x{Lk} {kind}", impl=n, ms=ms, tflops=flops / ms / 1e9,
+            summary.append(dict(op="attention", case=f"{Lq}x{Lk} {kind}" + (f" drop{drop:g}" if drop else ""), impl=n, ms=ms, tflops=flops / ms / 1e9,
                                 speedup=None if n == "triton" else ms / times["triton"],
                                 max_err=max(errs) if n == "triton" else None))
     if flash_attn_func is not None:
@@ -204,13 +218,13 @@ def print_summary(rows, device, args, seconds):
           f"  ({seconds:.0f} s)")
     print("speed-up = baseline ms / triton ms (> 1: the fused op is faster); err = max |triton - baseline| "
           "relative to max, over output and gradients")
-    head = f"| {'op':<11} | {'case':<16} | {'impl':<11} | {'ms':>9} | {'TFLOP/s':>7} | {'peak GB':>7} | {'speed-up':>8} | {'err':>7} |"
+    head = f"| {'op':<11} | {'case':<22} | {'impl':<11} | {'ms':>9} | {'TFLOP/s':>7} | {'peak GB':>7} | {'speed-up':>8} | {'err':>7} |"
     print(head)
     print("|" + "|".join("-" * len(cell) for cell in head.strip("|").split("|")) + "|")
     fmt = lambda v, spec: "-" if v is None or v != v else format(v, spec)  # noqa: E731 (None / NaN -> "-")
     for r in rows:
         ms = "OOM" if r.get("oom") else fmt(r["ms"], ".3f")
-        print(f"| {r['op']:<11} | {r['case']:<16} | {r['impl']:<11} | {ms:>9} | {fmt(r['tflops'], '.1f'):>7} | "
+        print(f"| {r['op']:<11} | {r['case']:<22} | {r['impl']:<11} | {ms:>9} | {fmt(r['tflops'], '.1f'):>7} | "
               f"{fmt(r.get('peak_gb'), '.2f'):>7} | {fmt(r['speedup'], '.2f'):>8} | {fmt(r['max_err'], '.1e'):>7} |")
 
 

@@ -55,7 +55,7 @@ def _keep(seed, pid_bh, rows, cols, Lq, Lk, dropout_p):
     return tl.rand(seed, offs) >= dropout_p
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["seed"])  # a new seed per call must not recompile
 def _attn_fwd(
     Q, K, V, M, O, LSE,
     sqb, sqh, sqm, sqd,
@@ -119,7 +119,7 @@ def _attn_fwd(
     tl.store(LSE + pid_bh * Lq + offs_m, lse, mask=row_ok)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["seed"])  # a new seed per call must not recompile
 def _attn_bwd_dkdv(
     Q, K, V, M, DO, LSE, DELTA, DK, DV,
     sqb, sqh, sqm, sqd,
@@ -187,7 +187,7 @@ def _attn_bwd_dkdv(
              mask=col_ok[:, None] & d_ok[None, :])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["seed"])  # a new seed per call must not recompile
 def _attn_bwd_dq(
     Q, K, V, M, DO, LSE, DELTA, DQ, DS,
     sqb, sqh, sqm, sqd,

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import xfm.kernels as K
-from xfm.kernels import attention_triton
+from xfm.kernels import attention_triton, reference
 
 
 def _fused(out):
@@ -143,7 +143,8 @@ def test_attention_half_precision_close_to_fp64(dtype, tol, Lq, Lk, D, mask_kind
 def test_attention_ineligible_reasons():
     q, k, v, mask = [t.float() for t in _inputs(1, 1, 4, 4, 16, "bias")]
     reason = attention_triton.ineligible_reason
-    assert "dropout" in reason(q, k, v, None, 0.1, allow_interpret=True)
+    assert "dropout_p" in reason(q, k, v, None, 1.0, allow_interpret=True)
+    assert reason(q, k, v, None, 0.1, allow_interpret=True) is None
     assert "float" in reason(q, k, v, mask < 0, 0.0, allow_interpret=True)
     assert "shapes do not match" in reason(q, k[..., :8], v, None, 0.0, allow_interpret=True)
     assert "head dim" in reason(*(torch.zeros(1, 1, 2, 256) for _ in range(3)), None, 0.0, allow_interpret=True)
@@ -169,3 +170,100 @@ def test_tiles_for_the_paper_shapes_do_not_waste_most_work_on_padding(dtype, D):
     for (Lq, Lk), limit in limits.items():
         frac = _padding_fraction(attention_triton.launch_config(dtype, Lq, Lk, D), Lq, Lk)
         assert frac < limit, f"{Lq}x{Lk} {dtype} D={D}: {frac:.1%} of the tile work is padding"
+
+
+
+@pytest.mark.parametrize(
+    "B,H,Lq,Lk,D,mask_kind,mask_grad",
+    [
+        (2, 1, 30, 197, 64, "pad", False),      # cross-attention 30 x 197 with padded keys
+        (1, 2, 33, 33, 32, "bias", True),       # relative position bias with its gradient
+    ],
+)
+def test_attention_dropout_matches_reference_with_the_same_mask(B, H, Lq, Lk, D, mask_kind, mask_grad):
+    """Fused Philox dropout: forward and every gradient equal softmax(...) * keep / (1-p) @ v with
+    the keep-mask the kernels draw for that seed (written out by ``dropout_keep_mask``)."""
+    p, seed = 0.25, 1234
+    q, k, v, mask = [t.float() if t is not None else None for t in _inputs(B, H, Lq, Lk, D, mask_kind)]
+    dout = torch.randn(B, H, Lq, D)
+    keep = attention_triton.dropout_keep_mask((B, H, Lq, Lk), p, seed)
+    xs = [t.clone().requires_grad_() for t in (q, k, v)]
+    m = mask.clone().requires_grad_(mask_grad)
+    out = attention_triton.triton_attention(*xs, m, dropout_p=p, seed=seed)
+    assert _fused(out)
+    ref = reference.attention_with_keep_mask(*xs, m, keep, p)
+    torch.testing.assert_close(out, ref, atol=2e-5, rtol=1e-4)
+    wrt = xs + ([m] if mask_grad else [])
+    for name, g, r in zip(["dq", "dk", "dv", "dmask"], torch.autograd.grad(out, wrt, dout), torch.autograd.grad(ref, wrt, dout)):
+        torch.testing.assert_close(g, r, atol=5e-5, rtol=1e-4, msg=lambda msg: f"{name}: {msg}")
+    # the mask really is applied: without dropout the output differs
+    assert (out - attention_triton.triton_attention(q, k, v, mask)).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.bfloat16, 3e-2), (torch.float16, 4e-3)])
+def test_attention_dropout_half_precision_close_to_fp64(dtype, tol):
+    p, seed = 0.1, 99
+    q, k, v, mask = _inputs(2, 2, 30, 197, 64, "pad")
+    dout = torch.randn(2, 2, 30, 64, dtype=torch.float64)
+    keep = attention_triton.dropout_keep_mask((2, 2, 30, 197), p, seed)
+    xs = [t.clone().requires_grad_() for t in (q, k, v)]
+    exact = reference.attention_with_keep_mask(*xs, mask, keep, p)
+    exact_grads = torch.autograd.grad(exact, xs, dout)
+    hs = [t.to(dtype).requires_grad_() for t in (q, k, v)]
+    out = attention_triton.triton_attention(*hs, mask.to(dtype), dropout_p=p, seed=seed)
+    grads = torch.autograd.grad(out, hs, dout.to(dtype))
+    for got, want in zip([out, *grads], [exact, *exact_grads]):
+        assert got.dtype == dtype
+        err = (got.double() - want).abs().max() / want.abs().max()
+        assert err < tol, f"relative error {err:.4f} >= {tol}"
+
+
+def test_attention_dropout_mask_statistics():
+    """About 1-p of the scores kept, independently per batch row, head and position; one seed is
+    one mask, another seed another."""
+    p = 0.1
+    keep = attention_triton.dropout_keep_mask((2, 3, 64, 64), p, 42)
+    assert abs(keep.float().mean().item() - (1 - p)) < 0.01  # 24576 draws: sd 0.002
+    flat = keep.reshape(6, -1).float()
+    for a in range(6):
+        for b in range(a + 1, 6):  # two independent masks agree on p^2 + (1-p)^2 = 82% of positions
+            assert abs((flat[a] == flat[b]).float().mean().item() - 0.82) < 0.03
+    assert torch.equal(keep, attention_triton.dropout_keep_mask((2, 3, 64, 64), p, 42))
+    assert not torch.equal(keep, attention_triton.dropout_keep_mask((2, 3, 64, 64), p, 43))
+
+
+def test_attention_dropout_fp64_gradcheck():
+    # fast_mode (random projections of the Jacobian): the interpreter's Philox makes each of the
+    # full check's ~100 forward calls slow; the fixed seed makes the function deterministic.
+    q, k, v, mask = _inputs(1, 2, 3, 6, 4, "bias")
+    xs = [t.requires_grad_() for t in (q, k, v, mask)]
+    assert torch.autograd.gradcheck(lambda *a: attention_triton.triton_attention(*a, dropout_p=0.3, seed=7), xs,
+                                    eps=1e-6, atol=1e-7, rtol=1e-5, fast_mode=True)
+
+
+def test_attention_dropout_seed_comes_from_torch_rng_and_survives_checkpointing():
+    """Through the dispatcher (as the model calls it): torch.manual_seed reproduces the mask, a new
+    draw gives another mask, and activation checkpointing recomputes the same mask in backward."""
+    q, k, v, _ = [t.float() if t is not None else None for t in _inputs(1, 2, 9, 11, 16, None)]
+    q.requires_grad_()  # so the output records which autograd function made it
+
+    def attn(q, k, v):
+        return K.attention(q, k, v, dropout_p=0.5, backend="triton")
+
+    torch.manual_seed(5)
+    first, second = attn(q, k, v), attn(q, k, v)
+    torch.manual_seed(5)
+    again = attn(q, k, v)
+    assert _fused(first)
+    torch.testing.assert_close(first, again, atol=0, rtol=0)
+    assert (first - second).abs().max() > 1e-2
+
+    xs = [t.clone().requires_grad_() for t in (q, k, v)]
+    torch.manual_seed(6)
+    plain = torch.autograd.grad(attn(*xs).square().sum(), xs)
+    torch.manual_seed(6)
+    out = torch.utils.checkpoint.checkpoint(attn, *xs, use_reentrant=False)
+    torch.manual_seed(99)  # the recompute must not depend on the RNG state at backward time
+    ckpt = torch.autograd.grad(out.square().sum(), xs)
+    for a, b in zip(plain, ckpt):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)

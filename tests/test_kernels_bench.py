@@ -50,8 +50,8 @@ def test_gpu_bench_code_path_runs_in_the_interpreter():
         capture_output=True, text=True, timeout=300, env=dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1"),
     )
     assert res.returncode == 0, res.stderr[-2000:]
-    checks = [line for line in res.stdout.splitlines() if "|triton - sdpa|" in line]
-    assert len(checks) == 3 and "dbias" in checks[1]
+    checks = [line for line in res.stdout.splitlines() if "|triton - sdpa|" in line or "|triton - keep-mask ref|" in line]
+    assert len(checks) == 5 and "dbias" in checks[1]
     # the printed errors are small: the script's own checks compare like with like
     for line in checks:
         errors = [float(x) for x in re.findall(r"\d+\.\d+e[+-]\d+", line)]
@@ -62,5 +62,5 @@ def test_gpu_bench_code_path_runs_in_the_interpreter():
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in summary if line.startswith("| ")][1:]
     assert {(r[0], r[2]) for r in rows} == {("attention", "triton"), ("attention", "sdpa"),
                                            ("contrastive", "triton"), ("contrastive", "plain")}
-    assert len(rows) == 3 * 2 + 2
+    assert len(rows) == 5 * 2 + 2
     assert all(float(r[7]) < 1e-4 for r in rows if r[2] == "triton")

@@ -42,9 +42,12 @@ def test_triton_backend_runs_the_triton_kernels_in_the_interpreter():
 
 
 def test_triton_where_it_cannot_run_is_a_clear_error():
-    with pytest.raises(KernelUnavailableError, match="attention=triton cannot run here: attention dropout"):
-        K.attention(*_attn_inputs(), dropout_p=0.1, backend="triton")
-    # auto with dropout quietly takes the reference (that is its job)
+    with pytest.raises(KernelUnavailableError, match="attention=triton cannot run here: attention dropout_p"):
+        K.attention(*_attn_inputs(), dropout_p=1.0, backend="triton")
+    with pytest.raises(KernelUnavailableError, match="attention=triton cannot run here: head dim 256"):
+        K.attention(*(torch.zeros(1, 1, 2, 256) for _ in range(3)), backend="triton")
+    # dropout runs fused; on CPU auto still takes the reference
+    assert _path(K.attention(*_attn_inputs(), dropout_p=0.1, backend="triton")) == "triton"
     assert _path(K.attention(*_attn_inputs(), dropout_p=0.1, backend="auto")) == "torch"
     img, txt, temp = _itc_inputs()
     with pytest.raises(KernelUnavailableError, match="contrastive=triton cannot run here: image_feat and text_feat"):

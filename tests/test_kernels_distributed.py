@@ -55,7 +55,10 @@ def _worker(rank, port, out_dir):
 def test_fused_contrastive_on_features_gathered_with_grad(tmp_path):
     from xfm.kernels import contrastive_loss_reference
 
-    mp.start_processes(_worker, args=(_free_port(), str(tmp_path)), nprocs=2, start_method="fork")
+    # fork: the children reuse this process's imports (spawn re-imports torch and triton: ~10 s more
+    # on 2 busy cores); spawn only where this process already holds a default group a fork would copy
+    method = "spawn" if dist.is_initialized() else "fork"
+    mp.start_processes(_worker, args=(_free_port(), str(tmp_path)), nprocs=2, start_method=method)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     parts = [_local(r) for r in range(2)]
     img = torch.cat([p[0] for p in parts]).requires_grad_(True)

@@ -41,14 +41,15 @@ def _model(cfg, attention, contrastive, weights=None):
 def _count_calls(monkeypatch, fake: bool):
     """Count the calls that reach the Triton entry points; ``fake`` answers them with the torch
     reference (for wiring tests that need not pay for the interpreter)."""
-    calls = {"attention": 0, "contrastive": 0}
+    calls = {"attention": 0, "contrastive": 0, "dropout_p": set()}
     real_attention, real_contrastive = attention_triton.triton_attention, contrastive_triton.triton_contrastive_loss
 
-    def counting_attention(q, k, v, mask=None, scale=None):
+    def counting_attention(q, k, v, mask=None, scale=None, dropout_p=0.0):
         calls["attention"] += 1
+        calls["dropout_p"].add(dropout_p)
         if fake:
-            return reference.attention_reference(q, k, v, mask, scale=scale)
-        return real_attention(q, k, v, mask, scale=scale)
+            return reference.attention_reference(q, k, v, mask, scale=scale, dropout_p=dropout_p)
+        return real_attention(q, k, v, mask, scale=scale, dropout_p=dropout_p)
 
     def counting_contrastive(*args):
         calls["contrastive"] += 1
@@ -87,8 +88,15 @@ def test_tiny_model_step_with_both_kernels_equals_reference(stream, tiny_config,
 
 @pytest.mark.parametrize("attention,contrastive", [("triton", "torch"), ("torch", "triton"), ("auto", "auto")])
 def test_model_config_selects_each_kernel_separately(attention, contrastive, tiny_config, monkeypatch):
+    """Wiring only (the Triton entry points answer with the reference): each op follows its own
+    switch. With the base config's attention dropout on the text and fusion encoders, training
+    calls reach the fused kernel with dropout_p (the fused kernel implements it)."""
     calls = _count_calls(monkeypatch, fake=True)
-    model = _model(tiny_config, attention, contrastive)
-    _step(model, "pairs", make_stream_batch("pairs", tiny_config))
+    cfg = replace(tiny_config, text=replace(tiny_config.text, attention_dropout=0.1),
+                  fusion=replace(tiny_config.fusion, attention_dropout=0.1))
+    model = _model(cfg, attention, contrastive)
+    _step(model, "pairs", make_stream_batch("pairs", cfg))
     assert (calls["attention"] > 0) == (attention == "triton"), calls
     assert (calls["contrastive"] > 0) == (contrastive == "triton"), calls
+    if attention == "triton":
+        assert calls["dropout_p"] == {0.0, 0.1}, calls  # vision: none; text and fusion: 0.1
