@@ -20,7 +20,7 @@ class DistInfo:
     rank: int
     local_rank: int
     world_size: int
-    launcher: str  # "slurm", "env" (torchrun / deepspeed), "single"
+    launcher: str  # "slurm", "torchrun", "deepspeed", "env" (another launcher's RANK/WORLD_SIZE), "single"
 
 
 def _first_slurm_host(nodelist: str) -> str:
@@ -49,7 +49,9 @@ def _free_port() -> int:
 def env_from_launcher(environ=os.environ) -> DistInfo:
     """Fill RANK/LOCAL_RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT from whatever launched us."""
     if "RANK" in environ and "WORLD_SIZE" in environ:
-        launcher = "env"
+        # named for the start line; both set the same variables
+        launcher = ("torchrun" if "TORCHELASTIC_RUN_ID" in environ else
+                    "deepspeed" if "LOCAL_SIZE" in environ else "env")
     elif "SLURM_PROCID" in environ and "SLURM_NTASKS" in environ and int(environ["SLURM_NTASKS"]) >= 1 \
             and "SLURM_STEP_ID" in environ:
         launcher = "slurm"

@@ -5,8 +5,10 @@
 - `tiny_run`: ONE uninterrupted 2-rank ZeRO-3 run of the tiny config (fp32, deterministic,
   checkpoints every 6 steps, a log line per step), shared by the run / resume / export tests,
   because each 2-process DeepSpeed start costs ~10 s of the 2 cores.
-- `launch_pretrain(...)`: `torchrun --nproc_per_node N -m xfm.pretrain.cli ...` with the test
-  environment; `pretrain_args(...)`: the common arguments.
+- `ds_comm_op`: DeepSpeed's CPU communication op built once (in a per-environment
+  TORCH_EXTENSIONS_DIR) before the 2-rank tests start.
+- `launch_pretrain(...)`: `torchrun --nproc_per_node N -m xfm.pretrain.cli ...` (or the
+  `deepspeed` launcher) with the test environment; `pretrain_args(...)`: the common arguments.
 """
 from __future__ import annotations
 
@@ -21,8 +23,16 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "pretrain" / "tiny.yaml"
-STEPS = 12
-CKPT_EVERY = 4
+STEPS = 24  # "a few dozen steps" (issue 4)
+CKPT_EVERY = 8
+
+# DeepSpeed JIT-builds its CPU communication op into TORCH_EXTENSIONS_DIR (default
+# ~/.cache/torch_extensions, shared by every virtual environment of the user). Two environments
+# with different paths rebuild it in turn (20-40 s each, under a lock the ranks wait on: measured
+# here, a 10 s test took 100-220 s and a rank's start-up outlived the collective timeout). The
+# tests keep one build per environment, next to the packages it was built against.
+if "TORCH_EXTENSIONS_DIR" not in os.environ and os.access(sys.prefix, os.W_OK):
+    os.environ["TORCH_EXTENSIONS_DIR"] = os.path.join(sys.prefix, "torch_extensions")
 
 
 @dataclass(frozen=True)
@@ -57,21 +67,30 @@ def torchrun_cmd(nproc: int, module_args: list[str]) -> list[str]:
 def pretrain_args(data: PretrainData, out: Path, steps: int = STEPS, extra: list[str] = ()) -> list[str]:
     """The tiny config, made exact and observable: fp32 + deterministic, a metrics line per step,
     checkpoints every CKPT_EVERY steps (all kept), a 60 s collective timeout (a hang fails), the
-    per-rank trace of every batch run (``plans/rank<r>.jsonl``: stream and row count), and
+    per-rank trace of every batch run (``plans/rank<r>.jsonl``: stream and row count), the progress
+    bar, and
     the pairs stream reading 4 good shards + 1 corrupt one (5 shards over 2 ranks: uneven)."""
     pairs = data.world / "shards" / "pairs"
     urls = f'["{pairs}/pairs-{{000000..000003}}.tar", "{data.corrupt_shard}"]'
     return ["--config", str(TINY), "--out", str(out), "--steps", str(steps), "--deterministic",
             "--set", "engine.precision=fp32", "--set", "engine.dist_timeout_s=60",
             "--set", "logging.every=1", "--set", f"checkpoint.every={CKPT_EVERY}",
-            "--set", "checkpoint.keep_last=0", "--set", "logging.trace_plan=true",
+            "--set", "checkpoint.keep_last=0", "--set", "logging.trace_plan=true", "--set", "logging.progress=true",
             "--set", f"data.pairs.sources=[{{urls: {urls}}}]", *extra]
 
 
+def deepspeed_cmd(nproc: int, module_args: list[str]) -> list[str]:
+    """The `deepspeed` launcher on one node (CPU: --num_accelerators)."""
+    return [str(Path(sys.executable).with_name("deepspeed")), "--num_accelerators", str(nproc),
+            "--master_port", str(free_port()), *module_args]
+
+
 def launch_pretrain(data: PretrainData, args: list[str], nproc: int = 2, timeout: float = 300,
-                    **env) -> subprocess.CompletedProcess:
-    return subprocess.run(torchrun_cmd(nproc, ["-m", "xfm.pretrain.cli", *args]), cwd=REPO,
-                          env=pretrain_env(data, **env), capture_output=True, text=True, timeout=timeout)
+                    launcher: str = "torchrun", **env) -> subprocess.CompletedProcess:
+    cmd = torchrun_cmd(nproc, ["-m", "xfm.pretrain.cli", *args]) if launcher == "torchrun" else \
+        deepspeed_cmd(nproc, ["--module", "xfm.pretrain.cli", *args])
+    return subprocess.run(cmd, cwd=REPO, env=pretrain_env(data, **env), capture_output=True, text=True,
+                          timeout=timeout)
 
 
 def popen_pretrain(data: PretrainData, args: list[str], nproc: int = 2, log: Path | None = None,
@@ -127,7 +146,21 @@ def tail(proc_or_text, n: int = 4000) -> str:
 
 
 @pytest.fixture(scope="session")
-def pretrain_data(prepared_world, tmp_path_factory) -> PretrainData:
+def ds_comm_op() -> None:
+    """Build DeepSpeed's CPU communication op once, in one process, before any 2-rank test
+    starts (otherwise both ranks of the first test wait on the build inside their start-up)."""
+    env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1")
+    code = ("from deepspeed.accelerator import get_accelerator\n"
+            "b = get_accelerator().create_op_builder('ShareMemCommBuilder')\n"
+            "import deepspeed.ops\n"
+            "if b is not None and deepspeed.ops.__compatible_ops__.get(b.NAME, False): b.load(verbose=False)\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, tail(proc)
+
+
+@pytest.fixture(scope="session")
+def pretrain_data(prepared_world, tmp_path_factory, ds_comm_op) -> PretrainData:
     extra = tmp_path_factory.mktemp("pretrain_extra")
     corrupt = extra / "pairs-corrupt.tar"
     # not a tar archive at all: the loader must skip it and count it, never stop the run

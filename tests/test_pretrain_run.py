@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import sys
 import time
@@ -49,13 +50,24 @@ def test_losses_finite_and_falling(tiny_run):
     assert recs[STEPS]["loss/text"] < recs[1]["loss/text"]
     # the observability contract: lr schedule, temperature, grad norms per optimizer step, throughput
     rec = recs[STEPS]
-    for k in ("lr", "temp", "grad_norm/text", "grad_norm/regions+images+pairs", "samples_per_s/pairs",
-              "tokens_per_s/text", "step_time_s", "data_wait_s", "mem_mb"):
-        assert k in rec and math.isfinite(rec[k]), k
+    per_stream = [f"{what}/{s}" for what in ("samples_per_s", "tokens_per_s")
+                  for s in ("text", "regions", "images", "pairs")]
+    for k in ("lr", "temp", "grad_norm/text", "grad_norm/regions+images+pairs", "step_time_s", "data_wait_s",
+              "mem_mb", "loss/text", "loss/regions", "loss/images", "loss/pairs", *per_stream):
+        assert k in rec and math.isfinite(rec[k]) and rec[k] >= 0, k
+    assert rec["samples_per_s/pairs"] > 0 and rec["tokens_per_s/text"] > 0 and rec["mem_mb"] > 0
     assert recs[2]["lr"] > recs[1]["lr"]  # warm-up
+    assert recs[STEPS]["lr"] < recs[STEPS // 2]["lr"]  # then the linear decay
     start = [r for r in read_metrics(tiny_run.run_dir) if r.get("event") == "start"][0]
     assert start["world_size"] == 2 and start["zero_stage"] == 3
-    assert "xfm-pretrain: world size 2" in tiny_run.proc.stdout
+    # the start line: world size, ZeRO stage, parameter count and this rank's shard of it
+    line = re.search(r"xfm-pretrain: world size 2 \(torchrun\), ZeRO stage 3, fp32, parameters ([\d,]+) .*"
+                     r"per-rank shard ([\d,]+) \((\d+\.\d)%\)", tiny_run.proc.stdout)
+    assert line, tiny_run.proc.stdout[-2000:]
+    total, shard = (int(line.group(i).replace(",", "")) for i in (1, 2))
+    assert total == start["params"] and shard == start["local_params"] and 49.0 < float(line.group(3)) < 51.0
+    # rank 0's progress bar ran to the end
+    assert "pretrain: 100%" in tiny_run.proc.stderr and f"{STEPS}/{STEPS}" in tiny_run.proc.stderr
 
 
 def test_each_rank_holds_half_of_every_parameter(tiny_run):
@@ -158,6 +170,10 @@ with torch.no_grad():  # each submodule call gathers its parameters (ZeRO-3 hook
 if run.info.rank == 0:
     torch.save(outs, out)
 run.streams.close()
+torch.distributed.barrier()
+torch.distributed.destroy_process_group()
+from xfm.pretrain.cli import _exit_without_teardown
+_exit_without_teardown(0)  # as xfm-pretrain: gloo threads can abort the interpreter's teardown
 '''
 
 
@@ -201,12 +217,14 @@ def test_export_matches_the_live_engine(tiny_run, exported, pretrain_data, tmp_p
 
 
 def test_init_from_the_export_starts_where_the_run_ended(tiny_run, exported, pretrain_data, tmp_path):
-    """model.init_from loads full weights into the ZeRO-3 shards (rank 0 reads, shapes broadcast)."""
+    """model.init_from loads full weights into the ZeRO-3 shards (rank 0 reads, shapes broadcast).
+    Started with the `deepspeed` launcher (the other runs use torchrun, the SLURM test srun)."""
     run_dir = tmp_path / "warm"
     args = pretrain_args(pretrain_data, run_dir, steps=1, extra=[
         "--set", f"model.init_from=[{exported}]", "--set", "optim.warmup_steps=1000"])
-    proc = launch_pretrain(pretrain_data, args)
+    proc = launch_pretrain(pretrain_data, args, launcher="deepspeed")
     assert proc.returncode == 0, tail(proc)
+    assert "xfm-pretrain: world size 2 (deepspeed), ZeRO stage 3" in proc.stdout, tail(proc)
     first = step_losses(run_dir)[1]
     ref = step_losses(tiny_run.run_dir)
     assert first["loss"] < 0.9 * ref[1]["loss"], (first["loss"], ref[1]["loss"])  # not a fresh model

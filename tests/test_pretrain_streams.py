@@ -1,9 +1,10 @@
 """Which streams run in a step must be the same on every rank (ZeRO-3 hangs otherwise), and a
-run stops cleanly on SIGUSR1 (SLURM pre-emption).
+run stops cleanly on SIGUSR1 (SLURM pre-emption) and SIGTERM.
 
 - the plan is a pure function of (config, seed, step): no rank, no loader state goes in;
 - a 2-rank run (bf16) that draws one group per step at random (mode: sample) runs, every
-  rank's traced plan is identical, and SIGUSR1 makes it save at the current step and exit 0;
+  rank's traced plan is identical, and SIGUSR1 (rank 0) / SIGTERM (rank 1) make both ranks save
+  at the same step and exit 0;
 - the negative control: the same run with a plan drawn from a per-rank RNG does NOT finish -
   the ranks call different modules, and the collective timeout turns the hang into an error.
 """
@@ -59,20 +60,25 @@ SAMPLE_MODE = ["--set", "streams.mode=sample", "--set", "streams.step_groups=[[t
 def test_sampled_streams_agree_across_ranks_and_sigusr1_saves(pretrain_data, tmp_path):
     run_dir = tmp_path / "sampled"
     log = tmp_path / "sampled.log"
-    # also the bf16 path (DeepSpeed's bf16 optimizer; model inputs cast to bf16)
-    extra = SAMPLE_MODE + ["--set", "engine.precision=bf16"]
+    # also the bf16 path (DeepSpeed's bf16 optimizer; model inputs cast to bf16), gradient
+    # accumulation and activation checkpointing of two encoders under ZeRO-3
+    extra = SAMPLE_MODE + ["--set", "engine.precision=bf16", "--set", "engine.grad_accum=2",
+                           "--set", "engine.activation_checkpointing=[vision, fusion]"]
     proc = popen_pretrain(pretrain_data, pretrain_args(pretrain_data, run_dir, steps=40, extra=extra), log=log)
     deadline = time.time() + 240
     signalled = False
     while proc.poll() is None and time.time() < deadline:
         steps = [r["step"] for r in read_metrics(run_dir) if "event" not in r] if (run_dir / "metrics.jsonl").exists() else []
         if not signalled and steps and max(steps) >= 6:
-            for pid in descendants(proc.pid):  # the two ranks (what SLURM signals on pre-emption)
+            # rank 0 gets SIGUSR1 (SLURM pre-emption), rank 1 SIGTERM (scancel, a killed job): an
+            # unhandled one would end that rank; the ranks agree on a stop step collectively
+            for pid in descendants(proc.pid):
                 try:
                     import os
 
                     if "xfm.pretrain.cli" in open(f"/proc/{pid}/cmdline").read().replace("\0", " "):
-                        os.kill(pid, signal.SIGUSR1)
+                        environ = open(f"/proc/{pid}/environ").read().split("\0")
+                        os.kill(pid, signal.SIGUSR1 if "RANK=0" in environ else signal.SIGTERM)
                 except OSError:
                     pass
             signalled = True
@@ -85,7 +91,7 @@ def test_sampled_streams_agree_across_ranks_and_sigusr1_saves(pretrain_data, tmp
     assert proc.returncode == 0, tail(log.read_text())
     events = read_metrics(run_dir)
     stopped = [e for e in events if e.get("event") == "stopped"]
-    assert stopped and stopped[0]["signal"] == "SIGUSR1"
+    assert stopped and stopped[0]["signal"] in ("SIGUSR1", "SIGTERM")  # whichever the agreement saw first
     stop_step = stopped[0]["step"]
     assert 6 <= stop_step < 40
     assert (run_dir / "checkpoints" / "latest").read_text().strip() == f"step{stop_step:08d}"
@@ -96,6 +102,9 @@ def test_sampled_streams_agree_across_ranks_and_sigusr1_saves(pretrain_data, tmp
     # and inside each step, the same streams in the same order on both ranks
     ran = [[(x["step"], x["micro"], x["stream"]) for x in ln if "stream" in x] for ln in lines]
     assert ran[0] == ran[1] and len(ran[0]) >= stop_step
+    # two micro-steps (accumulated) per optimizer step group
+    assert {m for _, m, _ in ran[0]} == {0, 1}
+    assert len(ran[0]) == 2 * sum(len(t["plan"][0]) for t in traces[0])
     assert len(traces[0]) == stop_step
     assert len({tuple(t["plan"][0]) for t in traces[0]}) >= 2  # really a mix, not one group
     losses = [r["loss"] for r in events if "event" not in r]
