@@ -55,6 +55,40 @@ def _keep(seed, pid_bh, rows, cols, Lq, Lk, dropout_p):
     return tl.rand(seed, offs) >= dropout_p
 
 
+@triton.jit
+def _scores(q, kt, M, b, h, rows, cols, row_ok, col_ok, smb, smh, smm, smn, scale,
+            HAS_MASK: tl.constexpr, ACC: tl.constexpr, UPCAST: tl.constexpr):
+    """Pre-softmax score tile q k^T * scale + mask: the forward and both backward kernels
+    recompute it the same way (the mask is read through its broadcast strides)."""
+    s = mm(q, kt, ACC, UPCAST) * scale
+    if HAS_MASK:
+        s += tl.load(M + b * smb + h * smh + rows[:, None] * smm + cols[None, :] * smn,
+                     mask=row_ok[:, None] & col_ok[None, :], other=0.0).to(ACC)
+    return s
+
+
+@triton.jit
+def _bwd_tile(q, kt, vt, do, lse, delta, M, b, h, pid_bh, rows, cols, row_ok, col_ok,
+              smb, smh, smm, smn, Lq, Lk, scale, seed, dropout_p, dropout_scale,
+              HAS_MASK: tl.constexpr, DROPOUT: tl.constexpr, ACC: tl.constexpr, UPCAST: tl.constexpr):
+    """Backward of one (query tile, key tile): returns (P as it multiplied V in the forward, dS).
+
+    P is recomputed from the log-sum-exp. With dropout, O = (P * Z / (1-p)) V: dV takes the
+    dropped, rescaled P, and dP gets the same mask and scale before dS = P (dP - delta)."""
+    s = _scores(q, kt, M, b, h, rows, cols, row_ok, col_ok, smb, smh, smm, smn, scale,
+                HAS_MASK, ACC, UPCAST)
+    p = tl.exp(s - lse[:, None])
+    p = tl.where(row_ok[:, None] & col_ok[None, :], p, 0.0)
+    dp = mm(do, vt, ACC, UPCAST)
+    p_used = p
+    if DROPOUT:
+        keep = _keep(seed, pid_bh, rows, cols, Lq, Lk, dropout_p)
+        p_used = tl.where(keep, p * dropout_scale, 0.0)
+        dp = tl.where(keep, dp * dropout_scale, 0.0)
+    ds = p * (dp - delta[:, None])
+    return p_used, ds
+
+
 @triton.jit(do_not_specialize=["seed"])  # a new seed per call must not recompile
 def _attn_fwd(
     Q, K, V, M, O, LSE,
@@ -89,10 +123,8 @@ def _attn_fwd(
         col_ok = cols < Lk
         kt = tl.load(K + b * skb + h * skh + cols[None, :] * skn + offs_d[:, None] * skd,
                      mask=col_ok[None, :] & d_ok[:, None], other=0.0)
-        s = mm(q, kt, ACC, UPCAST) * scale
-        if HAS_MASK:
-            s += tl.load(M + b * smb + h * smh + offs_m[:, None] * smm + cols[None, :] * smn,
-                         mask=row_ok[:, None] & col_ok[None, :], other=0.0).to(ACC)
+        s = _scores(q, kt, M, b, h, offs_m, cols, row_ok, col_ok, smb, smh, smm, smn, scale,
+                    HAS_MASK, ACC, UPCAST)
         s = tl.where(col_ok[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         # A row whose keys so far are all -inf keeps m = -inf; shift by 0 then to avoid inf - inf.
@@ -161,21 +193,10 @@ def _attn_bwd_dkdv(
                      mask=row_ok[:, None] & d_ok[None, :], other=0.0)
         lse = tl.load(LSE + pid_bh * Lq + rows, mask=row_ok, other=float("inf"))
         delta = tl.load(DELTA + pid_bh * Lq + rows, mask=row_ok, other=0.0)
-        s = mm(q, kt, ACC, UPCAST) * scale
-        if HAS_MASK:
-            s += tl.load(M + b * smb + h * smh + rows[:, None] * smm + cols[None, :] * smn,
-                         mask=row_ok[:, None] & col_ok[None, :], other=0.0).to(ACC)
-        p = tl.exp(s - lse[:, None])
-        p = tl.where(row_ok[:, None] & col_ok[None, :], p, 0.0)
-        dp = mm(do, vt, ACC, UPCAST)
-        if DROPOUT:
-            # O = (P * Z / (1-p)) V: dV takes the dropped, rescaled P; dP the same mask and scale.
-            keep = _keep(seed, pid_bh, rows, cols, Lq, Lk, dropout_p)
-            dv += mm(tl.trans(tl.where(keep, p * dropout_scale, 0.0).to(do.dtype)), do, ACC, UPCAST)
-            dp = tl.where(keep, dp * dropout_scale, 0.0)
-        else:
-            dv += mm(tl.trans(p.to(do.dtype)), do, ACC, UPCAST)
-        ds = p * (dp - delta[:, None])
+        p_used, ds = _bwd_tile(q, kt, vt, do, lse, delta, M, b, h, pid_bh, rows, cols, row_ok, col_ok,
+                               smb, smh, smm, smn, Lq, Lk, scale, seed, dropout_p, dropout_scale,
+                               HAS_MASK, DROPOUT, ACC, UPCAST)
+        dv += mm(tl.trans(p_used.to(do.dtype)), do, ACC, UPCAST)
         dk += mm(tl.trans(ds.to(q.dtype)), q, ACC, UPCAST)
 
     dk = dk * scale
@@ -227,16 +248,9 @@ def _attn_bwd_dq(
                      mask=col_ok[None, :] & d_ok[:, None], other=0.0)
         vt = tl.load(V + b * svb + h * svh + cols[None, :] * svn + offs_d[:, None] * svd,
                      mask=col_ok[None, :] & d_ok[:, None], other=0.0)
-        s = mm(q, kt, ACC, UPCAST) * scale
-        if HAS_MASK:
-            s += tl.load(M + b * smb + h * smh + rows[:, None] * smm + cols[None, :] * smn,
-                         mask=row_ok[:, None] & col_ok[None, :], other=0.0).to(ACC)
-        p = tl.exp(s - lse[:, None])
-        p = tl.where(row_ok[:, None] & col_ok[None, :], p, 0.0)
-        dp = mm(do, vt, ACC, UPCAST)
-        if DROPOUT:
-            dp = tl.where(_keep(seed, pid_bh, rows, cols, Lq, Lk, dropout_p), dp * dropout_scale, 0.0)
-        ds = p * (dp - delta[:, None])
+        _, ds = _bwd_tile(q, kt, vt, do, lse, delta, M, b, h, pid_bh, rows, cols, row_ok, col_ok,
+                          smb, smh, smm, smn, Lq, Lk, scale, seed, dropout_p, dropout_scale,
+                          HAS_MASK, DROPOUT, ACC, UPCAST)
         if STORE_DS:
             tl.store(DS + pid_bh * Lq * Lk + rows[:, None] * Lk + cols[None, :], ds,
                      mask=row_ok[:, None] & col_ok[None, :])

@@ -7,6 +7,7 @@ mask) with the per-sample generator, raising ``BadSample(reason)`` for anything 
 from __future__ import annotations
 
 import json
+from abc import ABC, abstractmethod
 from typing import Any, Callable
 
 import numpy as np
@@ -97,7 +98,13 @@ def pad_texts(rows: list[dict[str, np.ndarray]], pad_id: int) -> dict[str, torch
     return {"text_ids": ids, "text_mask": mask, "text_ids_masked": masked, "mlm_labels": labels}
 
 
-class Decoder:
+def stack_images(examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """``image`` and ``mim_mask`` of the examples of an image stream (pairs, images)."""
+    return {"image": torch.stack([e["image"] for e in examples]),
+            "mim_mask": torch.from_numpy(np.stack([e["mim_mask"] for e in examples])).bool()}
+
+
+class Decoder(ABC):
     """Base: ``decode(raw, rng) -> example`` and ``collate(examples) -> batch``."""
 
     stream = ""
@@ -110,11 +117,13 @@ class Decoder:
         self.fusion_masker = fusion_masker
         self.block_masker = block_masker
 
+    @abstractmethod
     def decode(self, raw: dict, rng: np.random.Generator) -> dict[str, Any]:
-        raise NotImplementedError
+        """One raw sample -> one example; ``BadSample`` for anything unusable."""
 
+    @abstractmethod
     def collate(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        raise NotImplementedError
+        """Examples of ``decode`` -> one batch (INTERFACES.md "Batches")."""
 
     @staticmethod
     def tokens(batch: dict[str, torch.Tensor]) -> int:
@@ -141,10 +150,9 @@ class PairsDecoder(Decoder):
                 "image_id": stable_id(str(image_id)), "mim_mask": self.block_masker(rng)}
 
     def collate(self, examples):
-        batch = {"image": torch.stack([e["image"] for e in examples])}
+        batch = stack_images(examples)
         batch.update(pad_texts([e["text"] for e in examples], self.pad_id))
         batch["image_ids"] = torch.tensor([e["image_id"] for e in examples], dtype=torch.long)
-        batch["mim_mask"] = torch.from_numpy(np.stack([e["mim_mask"] for e in examples])).bool()
         return batch
 
 
@@ -161,8 +169,7 @@ class ImagesDecoder(Decoder):
         return {"image": self.transform(img, rng), "mim_mask": self.block_masker(rng)}
 
     def collate(self, examples):
-        return {"image": torch.stack([e["image"] for e in examples]),
-                "mim_mask": torch.from_numpy(np.stack([e["mim_mask"] for e in examples])).bool()}
+        return stack_images(examples)
 
 
 class TextDecoder(Decoder):
@@ -192,7 +199,7 @@ class RegionsDecoder(Decoder):
         super().__init__(cfg, tokenizer, text_masker, fusion_masker, block_masker)
         self.transform = RegionTransform(cfg.augment, cfg.image_size)
         self.text = TextEncoder(tokenizer, cfg.text_len_for("regions"), fusion_masker)
-        self.max_regions = cfg.regions.max_regions if cfg.regions is not None else 5
+        self.max_regions = cfg.regions.max_regions  # only built for a configured stream
 
     def _regions(self, raw, meta, width, height):
         regions = meta.get("regions")

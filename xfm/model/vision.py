@@ -92,6 +92,16 @@ class BeitBlock(nn.Module):
         return x + self.drop_path(self.gamma_2 * self.mlp(self.norm2(x)))
 
 
+def _with_pooled(patches: torch.Tensor, box: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, N, D) patch states -> (B, 1+N, D) with token 0 = their mean (over the box when given)."""
+    if box is None:
+        pooled = patches.mean(dim=1, keepdim=True)
+    else:
+        w = box.unsqueeze(-1).to(patches.dtype)
+        pooled = (patches * w).sum(1, keepdim=True) / w.sum(1, keepdim=True).clamp(min=1.0)
+    return torch.cat((pooled, patches), dim=1)
+
+
 class VisionEncoder(nn.Module):
     def __init__(self, cfg: VisionConfig, backend: str | None = None):
         super().__init__()
@@ -134,13 +144,7 @@ class VisionEncoder(nn.Module):
 
     def _pool(self, hidden, box=None):
         """fc_norm on the patch tokens; token 0 = their mean (over the box when given)."""
-        patches = self.fc_norm(hidden[:, 1:])
-        if box is None:
-            pooled = patches.mean(dim=1, keepdim=True)
-        else:
-            w = box.unsqueeze(-1).to(patches.dtype)
-            pooled = (patches * w).sum(1, keepdim=True) / w.sum(1, keepdim=True).clamp(min=1.0)
-        return torch.cat((pooled, patches), dim=1)
+        return _with_pooled(self.fc_norm(hidden[:, 1:]), box)
 
     def forward(self, pixels, mask_patches=None, region_image_index=None, region_patch_mask=None):
         """pixels (B,3,S,S) -> (B,1+N,D); with regions also (region_states, region_atts)."""
@@ -157,18 +161,14 @@ class VisionEncoder(nn.Module):
         split = len(self.blocks) - self.config.region_attn_depth
         shared = self._run(x, self.blocks[:split])
         image_states = self._pool(self._run(shared, self.blocks[split:]))
+        keys = torch.cat((torch.ones_like(box[:, :1]), box), dim=1)  # CLS + in-box patches
         if self.config.region_attn_depth == 0:
-            patches = image_states[region_image_index, 1:]
-            w = box.unsqueeze(-1).to(patches.dtype)
-            pooled = (patches * w).sum(1, keepdim=True) / w.sum(1, keepdim=True).clamp(min=1.0)
-            region_states = torch.cat((pooled, patches), dim=1)
+            region_states = _with_pooled(image_states[region_image_index, 1:], box)
         else:
-            keys = torch.cat((torch.ones_like(box[:, :1]), box), dim=1)
             key_mask = additive_key_mask(keys, shared.dtype, CROSS_MASK_VALUE)
             region_hidden = self._run(shared[region_image_index], self.blocks[split:], key_mask)
             region_states = self._pool(region_hidden, box)
-        region_atts = torch.cat((torch.ones_like(box[:, :1]), box), dim=1).long()
-        return image_states, region_states, region_atts
+        return image_states, region_states, keys.long()
 
     def reset_buffers(self) -> None:
         for blk in self.blocks:
