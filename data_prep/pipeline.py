@@ -13,7 +13,7 @@ from collections import Counter
 from tqdm import tqdm
 
 from . import formats
-from .formats import class_folders
+from .formats import class_folders, coco
 from .options import ShardOptions
 from .parallel import ordered_map
 from .process import process_chunk
@@ -79,16 +79,18 @@ def run(kind: str, inputs, out: str, opts: ShardOptions, log=_log) -> dict:
     class_map = None
     if kind == "images":
         class_map = class_folders.class_map([f.path for f in files], opts.classes)
+    # --captions is read once for all regions inputs (each input, and the count pass, reuse it)
+    captions = coco.first_captions(opts.captions) if kind == "regions" and opts.captions else None
     # Streaming readers (JSON lines, CSV, text) are read through once before any work: a
     # malformed line fails the run before anything is written, and the bar gets a total.
     streams, total = [], 0
     for item in files:
-        stream = formats.read(item, opts, class_map)
+        stream = formats.read(item, opts, class_map, captions)
         if hasattr(stream, "__len__"):
             total += len(stream)
         else:
             total += sum(1 for _ in stream)
-            stream = formats.read(item, opts, class_map)
+            stream = formats.read(item, opts, class_map, captions)
         streams.append(stream)
     input_fp = formats.fingerprint(files)
     os.makedirs(out, exist_ok=True)

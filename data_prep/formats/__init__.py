@@ -30,8 +30,9 @@ class InputFile:
     path: str
     format: str
     guessed: bool
-    detail: str = ""          # e.g. the document separator chosen for .txt
+    detail: str = ""          # e.g. the document separator chosen for .txt, in words
     parsed: object = None     # the loaded JSON, kept between guessing and reading
+    doc_sep: str = ""         # .txt: "line" or "blank" (what ``detail`` describes)
 
     def describe(self) -> str:
         how = "guessed" if self.guessed else "given"
@@ -119,15 +120,16 @@ def plan(kind: str, inputs: list[str], opts) -> list[InputFile]:
             fmt, parsed = _guess(kind, path)
             item = InputFile(path, fmt, True, parsed=parsed)
         if item.format == "txt":
-            sep = opts.doc_sep if opts.doc_sep != "auto" else text.guess_doc_sep(path)
-            item.detail = ("one document per line" if sep == "line"
+            item.doc_sep = opts.doc_sep if opts.doc_sep != "auto" else text.guess_doc_sep(path)
+            item.detail = ("one document per line" if item.doc_sep == "line"
                            else "documents separated by blank lines")
         files.append(item)
     return files
 
 
-def read(item: InputFile, opts, class_map: dict | None = None):
-    """Records of one input, in a fixed order."""
+def read(item: InputFile, opts, class_map: dict | None = None, captions: dict | None = None):
+    """Records of one input, in a fixed order. ``captions``: ``--captions`` already loaded
+    (``coco.first_captions``), so a run over many regions files parses it once."""
     fmt, path = item.format, item.path
 
     def parsed():
@@ -161,14 +163,14 @@ def read(item: InputFile, opts, class_map: dict | None = None):
         else:
             raise MalformedInputError(f"{path}: format {fmt} is not a regions format")
         if opts.captions:
-            captions = coco.first_captions(opts.captions)
+            if captions is None:
+                captions = coco.first_captions(opts.captions)
             for rec in records:
                 rec.caption = captions.get(rec.image_id)
         return records
     if opts.kind == "text":
         if fmt == "txt":
-            sep = "line" if item.detail == "one document per line" else "blank"
-            return text.read_txt(path, opts, sep)
+            return text.read_txt(path, opts, item.doc_sep)
         if fmt == "jsonl":
             return text.read_jsonl(path, opts)
     if opts.kind == "images" and fmt == "class-folders":

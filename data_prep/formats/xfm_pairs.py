@@ -15,6 +15,8 @@ def is_xfm_record(obj) -> bool:
 
 
 def _record(path: str, where: str, obj: dict, opts) -> Record:
+    if not isinstance(obj, dict):
+        raise MalformedInputError(f"{path}: {where}: expected an object, got {type(obj).__name__}")
     if "binary" in obj:
         data = obj["binary"]
         if not isinstance(data, str):
@@ -50,9 +52,4 @@ def read_jsonl(path: str, opts):
 def read_json_list(path: str, obj, opts):
     if not isinstance(obj, list):
         raise MalformedInputError(f"{path}: top level: expected a JSON array of records")
-    return [_record(path, f"[{i}]", o, opts) if isinstance(o, dict) else _bad(path, i, o)
-            for i, o in enumerate(obj)]
-
-
-def _bad(path, i, o):
-    raise MalformedInputError(f"{path}: [{i}]: expected an object, got {type(o).__name__}")
+    return [_record(path, f"[{i}]", o, opts) for i, o in enumerate(obj)]

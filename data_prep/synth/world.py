@@ -196,11 +196,3 @@ def scene_to_dict(scene: Scene) -> dict:
             "background": scene.background, "noise_seed": scene.noise_seed,
             "objects": [{"shape": o.shape, "colour": o.colour, "size": o.size,
                          "bbox": list(o.box), "rgb": list(o.rgb)} for o in scene.objects]}
-
-
-def scene_from_dict(d: dict) -> Scene:
-    return Scene(image_id=int(d["image_id"]), image_size=int(d["image_size"]),
-                 objects=tuple(Obj(shape=o["shape"], colour=o["colour"], size=o["size"],
-                                   box=tuple(o["bbox"]), rgb=tuple(o["rgb"])) for o in d["objects"]),
-                 background=int(d["background"]), noise_seed=int(d["noise_seed"]),
-                 split=d.get("split", "train"))
