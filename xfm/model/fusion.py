@@ -28,15 +28,14 @@ class FusionEncoder(nn.Module):
             for _ in range(cfg.num_layers)])
 
     def forward(self, text_states, text_mask, image_states, image_mask=None) -> torch.Tensor:
-        if image_mask is None:
-            image_mask = torch.ones(image_states.shape[:2], dtype=torch.long, device=image_states.device)
         if text_states.shape[0] != image_states.shape[0]:
             raise ValueError(f"fuse: {text_states.shape[0]} text rows but {image_states.shape[0]} image rows")
         dtype = text_states.dtype
         return self.encoder(text_states,
                             additive_key_mask(text_mask, dtype, TEXT_MASK_VALUE),
                             image_states,
-                            additive_key_mask(image_mask, dtype, CROSS_MASK_VALUE))
+                            # no mask = every image token visible (adding zeros would change nothing)
+                            None if image_mask is None else additive_key_mask(image_mask, dtype, CROSS_MASK_VALUE))
 
     def init_weights(self) -> None:
         init_bert_weights(self)

@@ -143,9 +143,6 @@ class XFM(nn.Module):
     def fusion_mlm_logits(self, states: torch.Tensor) -> torch.Tensor:
         return self.heads.fusion_mlm(states)
 
-    def temperature(self) -> torch.Tensor:
-        return self.heads.temp()
-
     def forward(self, stream: str, batch: dict, ctx=None) -> dict:
         """Named losses of one stream's batch (``xfm.objectives.STREAM_LOSSES[stream]``)."""
         from xfm.objectives import STREAM_LOSSES, LossContext

@@ -89,8 +89,6 @@ def itm_loss(model, image_states, image_atts, text_states, text_mask, image_feat
     the same modules) rather than labelling a matching pair "no match" or stopping the run.
     """
     b = image_states.shape[0]
-    if image_atts is None:
-        image_atts = torch.ones(image_states.shape[:2], dtype=torch.long, device=image_states.device)
     weight = 1.0
     with torch.no_grad():
         sim_i2t = image_feat @ text_feat.t() / temp
@@ -102,7 +100,7 @@ def itm_loss(model, image_states, image_atts, text_states, text_mask, image_feat
             weight = 0.0
     text_states = fusion_text_input(model, text_states)
     images = torch.cat((image_states, image_states[neg_image], image_states), dim=0)
-    atts = torch.cat((image_atts, image_atts[neg_image], image_atts), dim=0)
+    atts = None if image_atts is None else torch.cat((image_atts, image_atts[neg_image], image_atts), dim=0)
     texts = torch.cat((text_states, text_states, text_states[neg_text]), dim=0)
     masks = torch.cat((text_mask, text_mask, text_mask[neg_text]), dim=0)
     logits = model.itm_logits(model.fuse(images, atts, texts, masks))
