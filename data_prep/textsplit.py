@@ -25,40 +25,38 @@ def sentences(text: str) -> list[str]:
     return parts
 
 
-def _cut_long(sentence: str, max_chars: int) -> list[str]:
+def _pack(chunks, max_chars: int) -> list[str]:
+    """Join chunks (each <= max_chars) with single spaces, greedily, into pieces <= max_chars."""
     out, cur = [], ""
-    for word in sentence.split():
-        while len(word) > max_chars:          # a "word" longer than the limit: hard cut
-            if cur:
-                out.append(cur)
-                cur = ""
-            out.append(word[:max_chars])
-            word = word[max_chars:]
-        if not word:
-            continue
-        if cur and len(cur) + 1 + len(word) > max_chars:
+    for chunk in chunks:
+        if cur and len(cur) + 1 + len(chunk) > max_chars:
             out.append(cur)
-            cur = word
+            cur = chunk
         else:
-            cur = f"{cur} {word}" if cur else word
+            cur = f"{cur} {chunk}" if cur else chunk
     if cur:
         out.append(cur)
     return out
+
+
+def _words_within(sentence: str, max_chars: int):
+    """The sentence's words, a word longer than the limit hard-cut into limit-sized parts."""
+    for word in sentence.split():
+        while len(word) > max_chars:
+            yield word[:max_chars]
+            word = word[max_chars:]
+        if word:
+            yield word
 
 
 def split_document(text: str, max_chars: int | None) -> list[str]:
     text = text.strip()
     if not max_chars or len(text) <= max_chars:
         return [text] if text else []
-    pieces, cur = [], ""
+    chunks = []
     for sent in sentences(text):
-        chunks = [sent] if len(sent) <= max_chars else _cut_long(sent, max_chars)
-        for chunk in chunks:
-            if cur and len(cur) + 1 + len(chunk) > max_chars:
-                pieces.append(cur)
-                cur = chunk
-            else:
-                cur = f"{cur} {chunk}" if cur else chunk
-    if cur:
-        pieces.append(cur)
-    return pieces
+        if len(sent) <= max_chars:
+            chunks.append(sent)
+        else:  # one sentence over the limit: cut at whitespace, then pack with the rest
+            chunks.extend(_pack(_words_within(sent, max_chars), max_chars))
+    return _pack(chunks, max_chars)
