@@ -4,7 +4,7 @@ Runs unchanged under ``deepspeed`` (which adds ``--local_rank``), ``torchrun``, 
 (rank/world/master from SLURM variables) and plain ``python`` (one process). Short flags are
 sugar for ``--set``: ``--steps N``, ``--out RUN_DIR``, ``--seed S``, ``--deterministic``;
 ``--resume`` continues from RUN_DIR's latest checkpoint. After a distributed run ``main`` ends the
-process itself (see ``_exit_without_teardown``).
+process itself (``xfm.runtime.process.exit_without_teardown`` says why).
 """
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"xfm-pretrain: config error: {e}", file=sys.stderr)
         return 2
     if cfg.logging.tensorboard:
-        from xfm.pretrain.metrics import require_tensorboard
+        from xfm.runtime.metrics import require_tensorboard
 
         try:
             require_tensorboard()
@@ -70,31 +70,9 @@ def main(argv: list[str] | None = None) -> int:
 
     summary = train(cfg, resume=args.resume)
     code = 0 if summary else 1
-    import torch.distributed as dist
+    from xfm.runtime.process import finish_distributed
 
-    if dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
-        _exit_without_teardown(code)
-    return code
-
-
-def _exit_without_teardown(code: int) -> None:
-    """End the process now, skipping the interpreter's teardown.
-
-    torch 2.14's gloo worker threads can still hold the last reference to a finished
-    collective's tensors when Python starts finalising (DeepSpeed keeps the process groups alive
-    past ``destroy_process_group``); dropping it then takes the GIL from a dying interpreter and
-    aborts the process ("terminate called without an active exception", SIGABRT) after a run
-    that finished and saved everything - measured here in about 1 of 12 two-rank runs, enough to
-    mark a SLURM job failed. Everything this run wrote is closed by now (metrics, checkpoints,
-    loader workers); flush what Python still buffers and leave."""
-    import logging
-
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    return finish_distributed(code)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import torch
 
 from xfm.config import load_config, read_yaml
 from xfm.model_config import ModelConfig
-from xfm.pretrain.checkpointing import read_latest
+from xfm.runtime.checkpointing import read_latest
 
 WRAPPER_PREFIX = "model."
 

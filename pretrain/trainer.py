@@ -23,64 +23,20 @@ import torch
 import torch.distributed as dist
 
 from xfm.config import save_config
-from xfm.pretrain import checkpointing
 from xfm.pretrain.config import STREAMS, PretrainConfig
-from xfm.pretrain.dist import DistInfo, init_distributed
-from xfm.pretrain.engine import (PartTracker, build_model, clamp_parameter_, clear_grad_partitions, deepspeed_config, initialize,
-                                 load_full_state_dict, partition_report, set_lr)
+from xfm.runtime import checkpointing
+from xfm.runtime.dist import DistInfo, init_distributed
+from xfm.runtime.engine import (PartTracker, build_model, clamp_parameter_, clear_grad_partitions, deepspeed_config,
+                                initialize, load_state_from_rank0, partition_report)
+from xfm.runtime.optim import set_lr
+from xfm.runtime.process import (PRECISION_DTYPES, StopRequest, seed_everything, set_deterministic,
+                                 set_encoder_checkpointing, to_device)
 from xfm.pretrain.metrics import (IntervalStats, MetricsWriter, batch_size, batch_tokens, memory_mb,
                                   require_tensorboard)
 from xfm.pretrain.plan import plan_for_step, step_seed
 from xfm.pretrain.wrapper import PretrainWrapper
 
 TEMP_PARAM = "heads.temp.temp"
-
-
-class StopRequest:
-    """SIGTERM / SIGUSR1 set a flag; the loop saves at the end of the current step and exits 0."""
-
-    def __init__(self):
-        self.signum = 0
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
-            signal.signal(sig, self._handler)
-
-    def _handler(self, signum, frame):
-        self.signum = signum
-
-    def agreed(self, device) -> int:
-        """Collective: the largest signal number seen by any rank (0 = keep going)."""
-        flag = torch.tensor([self.signum], dtype=torch.int64, device=device)
-        if dist.is_initialized():
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return int(flag.item())
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def set_deterministic(on: bool) -> None:
-    if on:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
-        torch.backends.cudnn.benchmark = False
-        torch.backends.cudnn.deterministic = True
-
-
-MODEL_INPUT_FLOATS = ("image",)  # cast to the engine's dtype; targets (boxes) stay fp32
-
-
-def _to_device(batch: dict, device, dtype: torch.dtype = torch.float32) -> dict:
-    out = {}
-    for k, v in batch.items():
-        if torch.is_tensor(v):
-            v = v.to(device, non_blocking=True)
-            if k in MODEL_INPUT_FLOATS and v.is_floating_point() and dtype != v.dtype:
-                v = v.to(dtype)
-        out[k] = v
-    return out
 
 
 def _default_model_factory(model_cfg):
@@ -97,10 +53,8 @@ def _default_streams_factory(cfg: PretrainConfig, info: DistInfo, streams: list[
 
 def _init_from(model, model_cfg, paths: list[str], rank: int) -> None:
     """Initialise the (partitioned) model from checkpoints (a RoBERTa dir, a BEiT-v2 file, an
-    X-FM dir or ``.th``; several are applied in order): rank 0 builds one full copy in host
-    memory, fills it with ``xfm.checkpoint.load_into`` and the partitioned model is written from
-    it module by module; parameter shapes are broadcast so every rank joins the same gathers,
-    buffers are sent whole. No accelerator ever holds the whole model."""
+    X-FM dir or ``.th``; several are applied in order): rank 0 fills one full host copy with
+    ``xfm.checkpoint.load_into``; ``load_state_from_rank0`` writes it into the partitions."""
     state = None
     if rank == 0:
         from xfm.checkpoint import load_into
@@ -111,27 +65,9 @@ def _init_from(model, model_cfg, paths: list[str], rank: int) -> None:
             load_into(host, path)
         state = host.state_dict()
         del host
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        param_names = {n for n, _ in model.named_parameters(remove_duplicate=False)}
-        obj = [None]
-        if rank == 0:
-            obj = [{k: (("shape", tuple(v.shape)) if k in param_names else v) for k, v in state.items()}]
-        dist.broadcast_object_list(obj, src=0)
-        if rank != 0:
-            state = {k: (torch.zeros(v[1]) if isinstance(v, tuple) else v) for k, v in obj[0].items()}
-    missing = load_full_state_dict(model, state, rank, strict=False)
+    missing = load_state_from_rank0(model, state, rank)
     if missing:
         raise ValueError(f"model.init_from {paths}: {len(missing)} key(s) missing, e.g. {missing[:5]}")
-
-
-def _set_encoder_checkpointing(model, encoders: list[str]) -> None:
-    """Activation checkpointing per encoder (the model's own switch covers all three)."""
-    targets = {"text": getattr(getattr(model, "text", None), "encoder", None),
-               "fusion": getattr(getattr(model, "fusion", None), "encoder", None),
-               "vision": getattr(model, "vision", None)}
-    for name, mod in targets.items():
-        if mod is not None and hasattr(mod, "grad_checkpointing"):
-            mod.grad_checkpointing = name in encoders
 
 
 def _next_batch(streams, name: str) -> dict:
@@ -190,12 +126,12 @@ def setup_run(cfg: PretrainConfig, resume: bool = False, *,
     # the factory takes ``init_weights``: under ZeRO-3 the engine initialises the partitioned model
     factory = model_factory(model_cfg) if model_factory else _default_model_factory(model_cfg)
     model = build_model(factory, ds_config, cfg.engine.zero_stage)
-    _set_encoder_checkpointing(model, cfg.engine.activation_checkpointing)
+    set_encoder_checkpointing(model, cfg.engine.activation_checkpointing)
     if cfg.model.init_from and not resume:
         _init_from(model, model_cfg, cfg.model.init_from, rank)
     seed_everything(cfg.seed + 1000003 * rank)
     wrapper = PretrainWrapper(model, cfg.streams.loss_weights, stream_losses)
-    engine, _ = initialize(wrapper, model, cfg, ds_config)
+    engine, _ = initialize(wrapper, model, cfg.optim, ds_config)
     temp_param = dict(model.named_parameters()).get(TEMP_PARAM)
 
     streams = (streams_factory or _default_streams_factory)(cfg, info, stream_names)
@@ -240,7 +176,7 @@ def train(cfg: PretrainConfig, resume: bool = False, *,
                      params=report.total_params, local_params=report.local_params,
                      start_step=step, steps=cfg.steps, resumed=resume)
 
-    input_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[cfg.engine.precision]
+    input_dtype = PRECISION_DTYPES[cfg.engine.precision]
     plan_trace = None
     if cfg.logging.trace_plan:
         (run_dir / "plans").mkdir(parents=True, exist_ok=True)
@@ -275,7 +211,7 @@ def train(cfg: PretrainConfig, resume: bool = False, *,
                     stats.data_wait += time.perf_counter() - t0
                     stats.samples[stream] += batch_size(stream, batch)
                     stats.tokens[stream] += batch_tokens(stream, batch, num_patches)
-                    batch = _to_device(batch, device, input_dtype)
+                    batch = to_device(batch, device, input_dtype)
                     if plan_trace is not None:  # what this rank is about to run (hang triage)
                         plan_trace.write(json.dumps({"step": step, "micro": micro, "stream": stream,
                                                      "rows": batch_size(stream, batch)}) + "\n")

@@ -17,9 +17,11 @@ import pytest
 from fixtures_pretrain import REPO, TINY, tail, torchrun_cmd
 from xfm.config import ConfigError
 from xfm.pretrain.cli import build_parser, overrides_from_args
-from xfm.pretrain.config import EngineConfig, OptimConfig, load_pretrain_config
-from xfm.pretrain.dist import env_from_launcher
-from xfm.pretrain.engine import deepspeed_config, lr_factor, param_groups
+from xfm.pretrain.config import load_pretrain_config
+from xfm.runtime.config import EngineConfig, OptimConfig
+from xfm.runtime.dist import env_from_launcher
+from xfm.runtime.engine import deepspeed_config
+from xfm.runtime.optim import lr_factor, param_groups
 
 
 @pytest.fixture
@@ -121,7 +123,7 @@ ZERO3_SCRIPT = r'''
 import datetime, json, os, sys, torch, deepspeed
 from torch import nn
 from deepspeed.utils import safe_get_full_fp32_param
-from xfm.pretrain.engine import build_model, clamp_parameter_, clear_grad_partitions, partition_report
+from xfm.runtime.engine import build_model, clamp_parameter_, clear_grad_partitions, partition_report
 
 deepspeed.init_distributed(dist_backend="gloo", timeout=datetime.timedelta(seconds=60))
 rank = torch.distributed.get_rank()
@@ -223,7 +225,7 @@ def test_zero3_scalar_params_init_clamp_and_stale_gradients(tmp_path, ds_comm_op
 
 def test_metrics_lines_and_optional_tensorboard(tmp_path, data_env, capsys):
     from xfm.pretrain.cli import main
-    from xfm.pretrain.metrics import MetricsWriter, read_metrics
+    from xfm.runtime.metrics import MetricsWriter, read_metrics
 
     w = MetricsWriter(tmp_path, tensorboard=False)
     w.event(event="start", world_size=2)
@@ -253,7 +255,7 @@ def test_metrics_lines_and_optional_tensorboard(tmp_path, data_env, capsys):
 def test_resume_refuses_a_checkpoint_of_another_world_size_and_a_dangling_latest(tmp_path):
     import torch
 
-    from xfm.pretrain import checkpointing
+    from xfm.runtime import checkpointing
 
     ckpt = tmp_path / "checkpoints"
     (ckpt / "step00000004").mkdir(parents=True)
@@ -273,7 +275,8 @@ def test_parts_a_step_did_not_use_keep_still():
     move by Adam momentum. The tracker + set_lr give such parts lr 0 for that step."""
     import torch
 
-    from xfm.pretrain.engine import PartTracker, build_optimizer, part_of, set_lr
+    from xfm.runtime.engine import PartTracker
+    from xfm.runtime.optim import build_optimizer, part_of, set_lr
     from xfm.model import XFM
     from xfm.model_config import model_config
 
@@ -334,7 +337,7 @@ def test_activation_checkpointing_per_encoder_keeps_the_gradients():
 
     from xfm.model import XFM
     from xfm.model_config import model_config
-    from xfm.pretrain.trainer import _set_encoder_checkpointing
+    from xfm.runtime.process import set_encoder_checkpointing as _set_encoder_checkpointing
 
     torch.manual_seed(0)
     cfg = model_config("tiny")  # no dropout / drop path: both passes compute the same thing

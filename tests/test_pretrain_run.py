@@ -19,7 +19,7 @@ import torch
 
 from fixtures_pretrain import (CKPT_EVERY, REPO, STEPS, kill_tree, launch_pretrain, popen_pretrain,
                                pretrain_args, pretrain_env, tail, torchrun_cmd)
-from xfm.pretrain.metrics import read_metrics
+from xfm.runtime.metrics import read_metrics
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
@@ -172,8 +172,8 @@ if run.info.rank == 0:
 run.streams.close()
 torch.distributed.barrier()
 torch.distributed.destroy_process_group()
-from xfm.pretrain.cli import _exit_without_teardown
-_exit_without_teardown(0)  # as xfm-pretrain: gloo threads can abort the interpreter's teardown
+from xfm.runtime.process import exit_without_teardown
+exit_without_teardown(0)  # as xfm-pretrain: gloo threads can abort the interpreter's teardown
 '''
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from fixtures_pretrain import REPO, free_port, pretrain_env, tail
-from xfm.pretrain.metrics import read_metrics
+from xfm.runtime.metrics import read_metrics
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 

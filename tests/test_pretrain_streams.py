@@ -22,7 +22,7 @@ import pytest
 from fixtures_pretrain import (REPO, descendants, pretrain_args, pretrain_env, popen_pretrain, tail,
                                torchrun_cmd)
 from xfm.pretrain.config import StreamsConfig
-from xfm.pretrain.metrics import read_metrics
+from xfm.runtime.metrics import read_metrics
 from xfm.pretrain.plan import plan_for_step
 
 

@@ -2,8 +2,9 @@
 
 Pairs and image-only samples: RandomResizedCrop (scale 0.2-1, bicubic), horizontal flip,
 RandAugment(2, 7) over the ops without colour changes (timm's ``rand_augment_transform`` with a
-restricted op list). Region samples: a crop that keeps every chosen box, a flip that also swaps
-the words "left" and "right" in the phrases, and RandAugment over photometric ops only (a
+restricted op list); a flipped pair's caption gets "left" and "right" swapped. Region samples: a
+crop that keeps every chosen box, a flip that also swaps the words "left" and "right" in the
+phrases and the caption, and RandAugment over photometric ops only (a
 geometric op would move a shape out of its box). All randomness comes from the per-sample
 generator passed in (see seeding.py).
 """
@@ -57,15 +58,17 @@ def to_normalised_tensor(img: Image.Image, mean, std) -> torch.Tensor:
 
 
 class ImageTransform:
-    """Pairs / image-only augmentation -> normalised (3, S, S) float tensor."""
+    """Pairs / image-only augmentation -> (normalised (3, S, S) float tensor, flipped). A caller
+    with a text about the picture swaps its left/right words when ``flipped``."""
 
     def __init__(self, aug: AugmentConfig, size: int):
         self.aug = aug
         self.size = size
         self.randaug = make_randaugment(aug, aug.randaugment_ops)
 
-    def __call__(self, img: Image.Image, rng: np.random.Generator) -> torch.Tensor:
+    def __call__(self, img: Image.Image, rng: np.random.Generator) -> tuple[torch.Tensor, bool]:
         aug = self.aug
+        flipped = False
         with global_rngs_seeded(rng):  # torchvision's crop sampler and timm draw from globals
             if aug.random_resized_crop:
                 i, j, h, w = RandomResizedCrop.get_params(img, list(aug.crop_scale), list(aug.crop_ratio))
@@ -75,23 +78,30 @@ class ImageTransform:
                 img = img.resize((self.size, self.size), Image.Resampling.BICUBIC)
             if aug.hflip and rng.random() < 0.5:
                 img = TF.hflip(img)
+                flipped = True
             if self.randaug is not None:
                 img = self.randaug(img)
-        return to_normalised_tensor(img, aug.mean, aug.std)
+        return to_normalised_tensor(img, aug.mean, aug.std), flipped
 
 
-_LEFT_RIGHT = re.compile(r"\b(left|right)\b", re.IGNORECASE)
+# "left"/"right" and the direction words built on them, as whole words ("leftover" and
+# "copyright" stay); the suffix is kept, only the stem swaps
+_LEFT_RIGHT = re.compile(r"\b(left|right)(most|ward|wards)?\b", re.IGNORECASE)
 
 
 def swap_left_right(text: str) -> str:
-    """"left" <-> "right" as whole words, keeping the case of the first letter."""
+    """The caption of the mirrored picture: "left" <-> "right" (also "leftmost" <-> "rightmost",
+    "leftward(s)" <-> "rightward(s)") as whole words, keeping the case (lower, Capitalised,
+    UPPER). Every path that flips an image horizontally applies it to the image's texts."""
 
     def repl(m: re.Match) -> str:
-        word = m.group(0)
-        new = "right" if word.lower() == "left" else "left"
-        if word.isupper():
-            return new.upper()
-        return new.capitalize() if word[0].isupper() else new
+        stem = m.group(1)
+        new = "right" if stem.lower() == "left" else "left"
+        if stem.isupper():
+            new = new.upper()
+        elif stem[0].isupper():
+            new = new.capitalize()
+        return new + (m.group(2) or "")
 
     return _LEFT_RIGHT.sub(repl, text)
 

@@ -1,0 +1,70 @@
+"""Run reporting shared by pretraining and fine-tuning: JSON lines on rank 0 (flushed per line,
+so a killed run keeps its log), optional TensorBoard, peak memory."""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import time
+from pathlib import Path
+
+import torch
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def memory_mb() -> float:
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+
+
+TENSORBOARD_MISSING = ("logging.tensorboard is true, but the tensorboard package is not installed: "
+                       "`pip install tensorboard` (the `tensorboard` extra of xfm's setup.py), "
+                       "or set logging.tensorboard=false (metrics.jsonl is written either way)")
+
+
+def require_tensorboard():
+    """``SummaryWriter``, or the error that says what to install. The trainer calls it on every
+    rank before anything starts, so a missing optional package fails the job at once (not after
+    the model is built, with the other ranks left waiting in a collective)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as e:  # tensorboard is an optional extra
+        raise RuntimeError(TENSORBOARD_MISSING) from e
+    return SummaryWriter
+
+
+class MetricsWriter:
+    """Rank 0 only: appends JSON lines (flushed per line, so a killed run keeps its log)."""
+
+    def __init__(self, run_dir: str | os.PathLike, tensorboard: bool):
+        self.path = Path(run_dir) / METRICS_FILE
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._f = open(self.path, "a", buffering=1)
+        self._tb = None
+        if tensorboard:
+            self._tb = require_tensorboard()(str(Path(run_dir) / "tensorboard"))
+
+    def write(self, record: dict) -> None:
+        self._f.write(json.dumps(record, sort_keys=True) + "\n")
+        if self._tb is not None:
+            step = record["step"]
+            for k, v in record.items():
+                if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
+                    self._tb.add_scalar(k, v, step)
+
+    def event(self, **record) -> None:
+        """A non-metric line (start, checkpoint, signal, end), marked with ``event``."""
+        record.setdefault("time", time.time())
+        self._f.write(json.dumps(record, sort_keys=True, default=str) + "\n")
+
+    def close(self):
+        self._f.close()
+        if self._tb is not None:
+            self._tb.close()
+
+
+def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
+    path = Path(run_dir) / METRICS_FILE
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
