@@ -40,7 +40,7 @@ setup(
     python_requires=">=3.10",
     packages=sorted(_pkgs),
     package_dir=_pkgs,
-    package_data={"xfm.pretrain": ["slurm/*.sbatch"]},
+    package_data={"xfm.pretrain": ["slurm/*.sbatch"], "xfm.finetune": ["slurm/*.sbatch"]},
     install_requires=[
         "torch>=2.4,<=2.14.1",
         "torchvision",
@@ -55,6 +55,7 @@ setup(
         "tqdm",
         "pillow",
         "numpy",
+        "pycocoevalcap",  # BLEU / CIDEr-D scorers for captioning (pure Python ones; no Java needed)
     ],
     extras_require={
         "triton": ["triton>=3.8"],

@@ -28,32 +28,49 @@ class ImageError(Exception):
 
 @dataclass
 class PreparedImage:
-    data: bytes              # JPEG bytes to store
+    data: bytes              # JPEG bytes to store (always the displayed, upright picture)
     width: int               # size of the stored image
     height: int
-    raw_width: int           # size of the pixel array in the file (before EXIF orientation)
-    raw_height: int
+    stored_width: int        # size of the pixel array in the input file (before EXIF orientation)
+    stored_height: int
     orientation: int         # EXIF orientation that was applied (1 = none)
     passthrough: bool
 
-    def map_box(self, box, frame: str = "raw"):
-        """[x, y, w, h] in the input frame -> the stored image's pixels (float).
-
-        ``frame="raw"``: the box refers to the pixel array as stored in the file (how COCO/VG style
-        annotation tools saw it); it is rotated/flipped with the EXIF orientation, then scaled.
-        ``frame="oriented"``: the box already refers to the upright image; only scaled."""
-        x, y, w, h = (float(v) for v in box)
-        if frame == "raw" and self.orientation != 1:
-            x, y, w, h = _orient_box(x, y, w, h, self.raw_width, self.raw_height, self.orientation)
-        ow, oh = self.oriented_size
-        sx, sy = self.width / ow, self.height / oh
-        return [x * sx, y * sy, w * sx, h * sy]
+    @property
+    def displayed_size(self) -> tuple[int, int]:
+        """Full-resolution size of the picture as a viewer shows it (EXIF orientation applied)."""
+        if self.orientation in (5, 6, 7, 8):
+            return self.stored_height, self.stored_width
+        return self.stored_width, self.stored_height
 
     @property
-    def oriented_size(self):
-        if self.orientation in (5, 6, 7, 8):
-            return self.raw_height, self.raw_width
-        return self.raw_width, self.raw_height
+    def stored_size(self) -> tuple[int, int]:
+        return self.stored_width, self.stored_height
+
+    def displayed_box(self, box, frame: str = "stored") -> list[float]:
+        """[x, y, w, h] in the input file's ``frame`` -> the full-resolution displayed picture.
+
+        ``frame="stored"``: the box refers to the pixel array as stored in the file (what a tool
+        that ignores EXIF shows); it is rotated/flipped with the EXIF orientation.
+        ``frame="displayed"``: the box already refers to the upright picture."""
+        if frame not in ("stored", "displayed"):
+            raise ValueError(f"frame must be 'stored' or 'displayed', got {frame!r}")
+        x, y, w, h = (float(v) for v in box)
+        if frame == "stored" and self.orientation != 1:
+            x, y, w, h = _orient_box(x, y, w, h, self.stored_width, self.stored_height,
+                                     self.orientation)
+        return [x, y, w, h]
+
+    def scale_box(self, box) -> list[float]:
+        """[x, y, w, h] in the full-resolution displayed picture -> the stored image's pixels."""
+        dw, dh = self.displayed_size
+        sx, sy = self.width / dw, self.height / dh
+        x, y, w, h = box
+        return [x * sx, y * sy, w * sx, h * sy]
+
+    def map_box(self, box, frame: str = "stored") -> list[float]:
+        """[x, y, w, h] in the input file's ``frame`` -> the stored image's pixels (float)."""
+        return self.scale_box(self.displayed_box(box, frame))
 
 
 def _orient_box(x, y, w, h, W, H, orientation):

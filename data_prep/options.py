@@ -7,6 +7,9 @@ import codecs
 import re
 from dataclasses import asdict, dataclass, fields
 
+from .box_frame import CHOICES as FRAME_CHOICES
+from .boxes import DEFAULT_MIN_INSIDE
+
 KINDS = ("pairs", "regions", "text", "images")
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
@@ -48,8 +51,9 @@ class ShardOptions:
     # pairs (Karpathy JSON)
     splits: str = "train,restval"
     # regions
-    box_frame: str = "auto"              # auto | raw | oriented (see process.box_frame)
-    box_tolerance: float = 2.0
+    box_frame: str = "auto"              # auto | stored | displayed (see box_frame.py)
+    min_box_inside: float = DEFAULT_MIN_INSIDE   # fraction of a box's area inside, to clip it
+    image_data: str | None = None        # Visual Genome image_data.json (declared image sizes)
     captions: str | None = None          # COCO captions JSON giving each image's caption
     # text
     text_field: str = "text"
@@ -79,8 +83,11 @@ class ShardOptions:
             raise ValueError("--max-bad-fraction must be in [0, 1]")
         if self.resample not in ("area", "bilinear", "bicubic", "lanczos"):
             raise ValueError("--resample must be area, bilinear, bicubic or lanczos")
-        if self.box_frame not in ("auto", "raw", "oriented"):
-            raise ValueError("--box-frame must be auto, raw or oriented")
+        if self.box_frame not in FRAME_CHOICES:
+            raise ValueError(f"--box-frame must be one of {', '.join(FRAME_CHOICES)}, got "
+                             f"{self.box_frame!r}")
+        if not 0.0 < self.min_box_inside <= 1.0:
+            raise ValueError(f"--min-box-inside must be in (0, 1], got {self.min_box_inside}")
         if self.doc_sep not in ("auto", "line", "blank"):
             raise ValueError("--doc-sep must be auto, line or blank")
         try:
@@ -109,8 +116,8 @@ class ShardOptions:
 KIND_OPTIONS = {
     "pairs": ("images", "resize", "quality", "resample", "dedup", "image_column", "caption_column",
               "no_header", "splits", "encoding"),
-    "regions": ("images", "resize", "quality", "resample", "dedup", "box_frame", "box_tolerance",
-                "captions"),
+    "regions": ("images", "resize", "quality", "resample", "dedup", "box_frame", "min_box_inside",
+                "image_data", "captions"),
     "text": ("text_field", "doc_sep", "max_chars", "encoding"),
     "images": ("resize", "quality", "resample", "dedup", "classes", "shuffle_seed"),
 }

@@ -21,7 +21,7 @@ from .records import Rejection
 from .tario import atomic_write_bytes
 from .writer import ShardWriter
 
-STATS_VERSION = 2      # bump when the progress state changes: old state is then not resumed
+STATS_VERSION = 3      # bump when the progress state changes: old state is then not resumed
 
 
 class TooManyBadInputs(RuntimeError):
@@ -165,6 +165,18 @@ def run(kind: str, inputs, out: str, opts: ShardOptions, log=_log) -> dict:
     return stats
 
 
+def _box_frames(totals) -> dict:
+    """Kept EXIF-rotated pictures: in which frame their boxes were (``stored``: rotated with the
+    picture, ``displayed``: already upright) and what decided it (``declared_size``: the
+    annotation's image size, ``box_fit``: the boxes fit only that frame, ``option``:
+    --box-frame)."""
+    frames, rules = totals["box_frames"], totals["box_frame_rules"]
+    return {"exif_rotated_images": sum(frames.values()), "stored": frames.get("stored", 0),
+            "displayed": frames.get("displayed", 0),
+            "decided_by": {rule: rules.get(rule, 0)
+                           for rule in ("declared_size", "box_fit", "option")}}
+
+
 def _stats(kind, inputs, files, opts, writer, input_fp, n_records, class_map) -> dict:
     totals = writer.totals()
     shards = [{"name": s["name"], "samples": s["samples"], "bytes": s["bytes"],
@@ -196,8 +208,11 @@ def _stats(kind, inputs, files, opts, writer, input_fp, n_records, class_map) ->
             "images_passthrough": totals["images_passthrough"],
             "images_reencoded": totals["images_reencoded"],
             "boxes_clipped": totals["boxes_clipped"],
+            **({"images_boxes_rotated": totals["box_frames"].get("stored", 0)}
+               if kind == "regions" else {}),
         },
         "skipped": totals["skipped"],
         "skipped_regions": totals["skipped_regions"],
+        **({"box_frames": _box_frames(totals)} if kind == "regions" else {}),
         **({"classes": "classes.json", "num_classes": len(class_map)} if class_map else {}),
     }

@@ -11,7 +11,8 @@ import hashlib
 import json
 import os
 
-from .boxes import BoxError, fit_box, parse_box, round_box
+from .box_frame import FrameError, choose_frame
+from .boxes import BoxError, clip_box, parse_box, round_box
 from .images import ImageError, prepare_image
 from .options import ShardOptions
 from .records import Record, Rejection, Sample
@@ -79,57 +80,48 @@ def process_pairs(rec: Record, opts: ShardOptions) -> list:
     return out
 
 
-def box_frame(rec: Record, img, requested: str) -> str:
-    """Which pixel frame the annotation's boxes use for an EXIF-rotated image. Tools differ
-    (some annotate the stored pixel array, some the upright picture); the image size the
-    annotation declares tells them apart when the rotation swaps width and height."""
-    if requested != "auto":
-        return requested
-    if rec.declared_size and img.orientation in (5, 6, 7, 8):
-        if tuple(rec.declared_size) == img.oriented_size:
-            return "oriented"
-    return "raw"
-
-
-def _size_matches(rec: Record, img) -> bool:
-    if not rec.declared_size:
-        return True
-    declared = tuple(rec.declared_size)
-    return declared in ((img.raw_width, img.raw_height), img.oriented_size)
-
-
 def process_regions(rec: Record, opts: ShardOptions) -> list:
+    """One picture and its (phrase, box) items -> one sample. A bad item (empty phrase, invalid
+    box, box with too little of it inside the picture) is rejected on its own (``level`` region);
+    the picture is rejected only when no item survives, or when its boxes cannot be placed at all
+    (``size_mismatch``, ``box_frame_ambiguous``)."""
     try:
         img, digest = _load_image(rec, opts)
     except ImageError as e:
         return [rec.reject(e.reason, str(e))]
-    if not _size_matches(rec, img):
-        # boxes made for another picture (or another resolution) would land in the wrong place
-        return [rec.reject("size_mismatch", f"annotation says {rec.declared_size[0]}x"
-                           f"{rec.declared_size[1]}, image is {img.raw_width}x{img.raw_height}")]
-    frame = box_frame(rec, img, opts.box_frame)
-    ow, oh = img.oriented_size
+    items = []                           # per region: (phrase, box or None, BoxError or None)
+    for region in rec.regions:
+        phrase = region.phrase.strip() if isinstance(region.phrase, str) else ""
+        error = None if phrase else BoxError("empty_phrase", "region phrase is empty")
+        try:
+            box = parse_box(region.bbox)
+        except BoxError as e:
+            box, error = None, error or e
+        items.append((phrase, box, error))
+    try:
+        # every well-formed box is evidence of the frame, even one whose phrase is empty
+        choice = choose_frame(img, rec.declared_size, [b for _, b, _ in items if b is not None],
+                              opts.box_frame, opts.min_box_inside)
+    except FrameError as e:
+        return [rec.reject(e.reason, str(e))]
+    width, height = img.displayed_size
     out, regions = [], []
     clipped = 0
-    for j, region in enumerate(rec.regions):
-        where = region.where or f"region {j}"
-        phrase = region.phrase.strip() if isinstance(region.phrase, str) else ""
-        try:
-            if not phrase:
-                raise BoxError("empty_phrase", "region phrase is empty")
-            box = parse_box(region.bbox)
-            # check in the upright, full-size frame, where the tolerance means input pixels
-            upright = img.map_box(box, frame)
-            sx, sy = img.width / ow, img.height / oh
-            full = [upright[0] / sx, upright[1] / sy, upright[2] / sx, upright[3] / sy]
-            fitted, was_clipped = fit_box(full, ow, oh, opts.box_tolerance)
-        except BoxError as e:
-            out.append(Rejection(e.reason, rec.source, f"{rec.where} {where}", str(e),
+    for j, (region, (phrase, box, error)) in enumerate(zip(rec.regions, items)):
+        if error is None:
+            try:
+                # clipped in the full-resolution displayed picture (resize scales afterwards)
+                fitted, was_clipped = clip_box(img.displayed_box(box, choice.frame), width,
+                                               height, opts.min_box_inside)
+            except BoxError as e:
+                error = e
+        if error is not None:
+            where = region.where or f"region {j}"
+            out.append(Rejection(error.reason, rec.source, f"{rec.where} {where}", str(error),
                                  rec.image_id, rec.image_path, level="region"))
             continue
         clipped += was_clipped
-        stored = [fitted[0] * sx, fitted[1] * sy, fitted[2] * sx, fitted[3] * sy]
-        regions.append({"phrase": phrase, "bbox": round_box(stored)})
+        regions.append({"phrase": phrase, "bbox": round_box(img.scale_box(fitted))})
     if not regions:
         out.append(rec.reject("no_valid_regions", "no region of this image survived the checks"))
         return out
@@ -137,7 +129,8 @@ def process_regions(rec: Record, opts: ShardOptions) -> list:
     meta = {"image_id": str(rec.image_id), "width": img.width, "height": img.height,
             "caption": caption, "regions": regions}
     out.append(Sample({"jpg": img.data, "json": _meta_json(meta)}, str(rec.image_id), digest,
-                      img.passthrough, clipped, len(regions)))
+                      img.passthrough, clipped, len(regions),
+                      choice.frame if choice.rule else None, choice.rule))
     return out
 
 

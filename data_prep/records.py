@@ -74,3 +74,7 @@ class Sample:
     passthrough: bool | None = None      # image bytes kept as they were (no re-encode)
     clipped_boxes: int = 0               # regions: boxes clipped to the image border
     regions_kept: int = 0                # regions: (phrase, box) items in this sample
+    # regions, EXIF-rotated pictures only: the frame the boxes were in ("stored": they were
+    # rotated with the picture; "displayed": already upright) and what decided it
+    box_frame: str | None = None
+    box_frame_rule: str | None = None

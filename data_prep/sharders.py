@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .box_frame import CHOICES as FRAME_CHOICES
+from .boxes import DEFAULT_MIN_INSIDE
 from .formats import FORMATS
 from .options import KINDS, ShardOptions, parse_size
 from .pipeline import TooManyBadInputs, run
@@ -90,13 +92,20 @@ def add_parser(subparsers):
             p.add_argument("--splits", default="train,restval",
                            help="Karpathy splits to use, comma separated, or 'all'")
         if kind == "regions":
-            p.add_argument("--box-frame", choices=("auto", "raw", "oriented"), default="auto",
-                           help="boxes refer to the file's pixel array (raw) or to the EXIF-rotated "
-                           "image (oriented); auto: whichever the annotation's declared image size "
-                           "matches, raw when it does not say")
-            p.add_argument("--box-tolerance", type=float, default=2.0,
-                           help="pixels a box may overhang the image and be clipped (else "
-                           "rejected)")
+            p.add_argument("--box-frame", choices=FRAME_CHOICES, default="auto",
+                           help="for EXIF-rotated photos: boxes refer to the file's stored pixel "
+                           "array (stored) or to the upright picture a viewer shows (displayed); "
+                           "auto: per image, from the image size the annotation declares, else "
+                           "from the frame the boxes fit; an image where neither tells is "
+                           "rejected (box_frame_ambiguous)")
+            p.add_argument("--min-box-inside", type=float, default=DEFAULT_MIN_INSIDE,
+                           metavar="FRACTION",
+                           help="a box overshooting the picture is clipped to it when at least "
+                           "this fraction of its area is inside, else rejected "
+                           "(box_outside_image); 1 clips nothing")
+            p.add_argument("--image-data", metavar="JSON",
+                           help="Visual Genome image_data.json with each image's width/height "
+                           "(default: image_data.json next to the VG input, when there)")
             p.add_argument("--captions", metavar="JSON",
                            help="COCO captions JSON: the first caption of the image with the same "
                            "image_id becomes the sample's caption (else null)")

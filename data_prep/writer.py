@@ -52,12 +52,16 @@ class _Range:
         self.reencoded = 0
         self.clipped_boxes = 0
         self.regions_kept = 0
+        self.box_frames: Counter = Counter()       # EXIF-rotated pictures by box frame
+        self.box_frame_rules: Counter = Counter()  # ... and by what decided the frame
 
     def to_state(self) -> dict:
         return {"rejected": self.rejected, "skipped": dict(self.skipped),
                 "skipped_regions": dict(self.skipped_regions), "hashes": self.hashes,
                 "passthrough": self.passthrough, "reencoded": self.reencoded,
-                "clipped_boxes": self.clipped_boxes, "regions_kept": self.regions_kept}
+                "clipped_boxes": self.clipped_boxes, "regions_kept": self.regions_kept,
+                "box_frames": dict(self.box_frames),
+                "box_frame_rules": dict(self.box_frame_rules)}
 
 
 class ShardWriter:
@@ -178,6 +182,9 @@ class ShardWriter:
         elif sample.passthrough is False:
             self._range.reencoded += 1
         self._range.clipped_boxes += sample.clipped_boxes
+        if sample.box_frame is not None:
+            self._range.box_frames[sample.box_frame] += 1
+            self._range.box_frame_rules[sample.box_frame_rule] += 1
         self._range.regions_kept += sample.regions_kept
         self.regions_seen += sample.regions_kept
 
@@ -228,10 +235,13 @@ class ShardWriter:
 
     def totals(self) -> dict:
         skipped, skipped_regions = Counter(), Counter()
+        frames, rules = Counter(), Counter()
         passthrough = reencoded = clipped = kept = 0
         for part in [*self.shards, self._range.to_state()]:
             skipped.update(part["skipped"])
             skipped_regions.update(part["skipped_regions"])
+            frames.update(part["box_frames"])
+            rules.update(part["box_frame_rules"])
             passthrough += part["passthrough"]
             reencoded += part["reencoded"]
             clipped += part["clipped_boxes"]
@@ -239,7 +249,9 @@ class ShardWriter:
         return {"skipped": dict(sorted(skipped.items())),
                 "skipped_regions": dict(sorted(skipped_regions.items())),
                 "images_passthrough": passthrough, "images_reencoded": reencoded,
-                "boxes_clipped": clipped, "regions_kept": kept}
+                "boxes_clipped": clipped, "regions_kept": kept,
+                "box_frames": dict(sorted(frames.items())),
+                "box_frame_rules": dict(sorted(rules.items()))}
 
     def pattern(self) -> str | None:
         if not self.shards:

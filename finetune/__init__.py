@@ -1,1 +1,2 @@
-"""Downstream tasks, one module per task, registered by name (comes with a later issue)."""
+"""Fine-tuning: one shared loop (``xfm.finetune.loop``) and one module per downstream task
+(``xfm.finetune.tasks``), registered by name (``xfm.finetune.registry``)."""

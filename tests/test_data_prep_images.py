@@ -65,7 +65,7 @@ def test_exif_orientation_applied_to_pixels_and_boxes():
     raw = fx.image_bytes("exif_rotated_jpeg")
     out = prepare_image(raw)
     assert out.orientation == 6
-    box = out.map_box(fx.DEFAULT_BOX, "raw")
+    box = out.map_box(fx.DEFAULT_BOX, "stored")
     x, y, w, h = (int(round(v)) for v in box)
     mask = _red_mask(_decode(out.data))
     inside = mask[y:y + h, x:x + w].mean()
@@ -83,7 +83,7 @@ def test_resize_shorter_side_and_boxes_follow(kind, resample):
     assert min(out.width, out.height) == 50 and not out.passthrough
     img = _decode(out.data)
     assert img.size == (out.width, out.height)
-    x, y, w, h = out.map_box(box, "raw")
+    x, y, w, h = out.map_box(box, "stored")
     mask = _red_mask(img)
     ys, xs = np.nonzero(mask)
     # the red pixels' bounding box matches the mapped box within a pixel of resampling blur

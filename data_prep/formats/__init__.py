@@ -33,6 +33,7 @@ class InputFile:
     detail: str = ""          # e.g. the document separator chosen for .txt, in words
     parsed: object = None     # the loaded JSON, kept between guessing and reading
     doc_sep: str = ""         # .txt: "line" or "blank" (what ``detail`` describes)
+    sizes_path: str = ""      # Visual Genome: image_data.json giving each image's size
 
     def describe(self) -> str:
         how = "guessed" if self.guessed else "given"
@@ -123,6 +124,12 @@ def plan(kind: str, inputs: list[str], opts) -> list[InputFile]:
             item.doc_sep = opts.doc_sep if opts.doc_sep != "auto" else text.guess_doc_sep(path)
             item.detail = ("one document per line" if item.doc_sep == "line"
                            else "documents separated by blank lines")
+        if item.format in ("vg-objects", "vg-regions"):
+            item.sizes_path = opts.image_data or visual_genome.sibling_image_data(path) or ""
+            if opts.image_data and not os.path.isfile(opts.image_data):
+                raise MalformedInputError(f"--image-data {opts.image_data}: no such file")
+            item.detail = (f"image sizes from {item.sizes_path}" if item.sizes_path else
+                           "no image_data.json: image sizes unknown")
         files.append(item)
     return files
 
@@ -149,10 +156,12 @@ def read(item: InputFile, opts, class_map: dict | None = None, captions: dict | 
         if fmt == "json-list":
             return xfm_pairs.read_json_list(path, parsed(), opts)
     if opts.kind == "regions":
-        if fmt == "vg-objects":
-            records = visual_genome.read_objects(path, parsed(), opts)
-        elif fmt == "vg-regions":
-            records = visual_genome.read_regions(path, parsed(), opts)
+        if fmt in ("vg-objects", "vg-regions"):
+            sizes = (visual_genome.read_image_sizes(item.sizes_path) if item.sizes_path
+                     else None)
+            reader = (visual_genome.read_objects if fmt == "vg-objects"
+                      else visual_genome.read_regions)
+            records = reader(path, parsed(), opts, sizes)
         elif fmt == "coco-instances":
             records = coco.read_instances(path, parsed(), opts)
         elif fmt == "refcoco":
@@ -179,11 +188,15 @@ def read(item: InputFile, opts, class_map: dict | None = None, captions: dict | 
 
 
 def fingerprint(files: list[InputFile]) -> str:
-    """sha256 over each input's format and contents (folders: the listing with file sizes;
-    image files referenced by annotations are not hashed: that would read the whole corpus)."""
+    """sha256 over each input's format and contents, and the image-size file it uses (folders:
+    the listing with file sizes; image files referenced by annotations are not hashed: that would
+    read the whole corpus)."""
     h = hashlib.sha256()
     for item in files:
         h.update(f"{item.format}\0{item.detail}\0".encode())
+        for side in ([item.sizes_path] if item.sizes_path else []):
+            with open(side, "rb") as f:
+                h.update(hashlib.sha256(f.read()).digest())
         if os.path.isdir(item.path):
             for dirpath, dirs, names in os.walk(item.path):
                 dirs.sort()

@@ -2,13 +2,48 @@
 ``region_descriptions.json`` (phrase = the region description) -> regions, one sample per image.
 
 Images are found as ``<images>/<image_id>.jpg``, also under ``VG_100K/`` and ``VG_100K_2/`` (the
-two folders VG ships); an ``image_url`` field, when present, gives the file name."""
+two folders VG ships); an ``image_url`` field, when present, gives the file name.
+
+Each image's width/height come from VG's ``image_data.json`` (``read_image_sizes``): they tell
+which pixel frame the boxes of an EXIF-rotated photo are in (see ``box_frame.py``)."""
 from __future__ import annotations
 
 import os
 
 from ..records import MalformedInputError, Record, Region
-from .common import need, need_list
+from .common import load_json, need, need_list
+
+IMAGE_DATA = "image_data.json"
+
+
+def sibling_image_data(path: str) -> str | None:
+    """``image_data.json`` in the folder of a VG annotation file, when it exists."""
+    candidate = os.path.join(os.path.dirname(os.path.abspath(path)), IMAGE_DATA)
+    return candidate if os.path.isfile(candidate) else None
+
+
+def read_image_sizes(path: str) -> dict:
+    """VG ``image_data.json`` (``[{"image_id" (or "id"), "width", "height", ...}]``) ->
+    {image_id (str): (width, height)}."""
+    obj = load_json(path)
+    if not isinstance(obj, list):
+        raise MalformedInputError(f"{path}: top level: expected a list of images")
+    sizes = {}
+    for i, entry in enumerate(obj):
+        where = f"[{i}]"
+        if isinstance(entry, dict) and "image_id" not in entry and "id" in entry:
+            image_id = entry["id"]                  # VG 1.0 spells it "id"
+        else:
+            image_id = need(entry, "image_id", path, where)
+        size = []
+        for field in ("width", "height"):
+            value = need(entry, field, path, where)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise MalformedInputError(f"{path}: {where}: field '{field}' must be a positive "
+                                          f"integer, got {value!r}")
+            size.append(value)
+        sizes[str(image_id)] = tuple(size)
+    return sizes
 
 
 def is_vg_objects(obj) -> bool:
@@ -36,7 +71,7 @@ def _box(item, path, where, keys):
     return [need(item, k, path, where) for k in keys]
 
 
-def read_objects(path: str, obj, opts):
+def read_objects(path: str, obj, opts, sizes: dict | None = None):
     if not isinstance(obj, list):
         raise MalformedInputError(f"{path}: top level: expected a list of images")
     out = []
@@ -57,11 +92,11 @@ def read_objects(path: str, obj, opts):
         if regions:
             out.append(Record(path, f"{where} (image_id {image_id})", image_id=str(image_id),
                               image_path=_image_path(entry, image_id, opts.images, path),
-                              regions=regions))
+                              regions=regions, declared_size=(sizes or {}).get(str(image_id))))
     return out
 
 
-def read_regions(path: str, obj, opts):
+def read_regions(path: str, obj, opts, sizes: dict | None = None):
     if not isinstance(obj, list):
         raise MalformedInputError(f"{path}: top level: expected a list of images")
     out = []
@@ -82,5 +117,5 @@ def read_regions(path: str, obj, opts):
         if regions:
             out.append(Record(path, f"{where} (image_id {image_id})", image_id=str(image_id),
                               image_path=_image_path(entry, image_id, opts.images, path),
-                              regions=regions))
+                              regions=regions, declared_size=(sizes or {}).get(str(image_id))))
     return out

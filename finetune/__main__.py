@@ -1,0 +1,5 @@
+import sys
+
+from xfm.finetune.cli import main
+
+sys.exit(main())
