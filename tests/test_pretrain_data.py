@@ -1,7 +1,8 @@
 """Pretraining data streams (xfm.pretrain.data) on small shards written here with webdataset.
 
 What must hold: the batches are exactly INTERFACES.md's; region boxes follow crop and flip (and
-"left"/"right" swap with the flip); ranks read disjoint shards and all yield batches however
+"left"/"right" swap with the flip), and so do the captions of flipped pairs; image ids are
+namespaced by the sample's source; ranks read disjoint shards and all yield batches however
 uneven the split; corrupt shards and bad samples are skipped and counted; a resumed set yields
 the same batches, bit for bit, as an uninterrupted one (2 loader workers); the same seed gives
 the same stream.
@@ -13,6 +14,7 @@ import json
 import random
 import tarfile
 import time
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -24,7 +26,7 @@ import webdataset as wds
 from xfm.config import ConfigError, from_dict
 from xfm.pretrain.data import DataConfig, StreamSet, measure_loader_throughput
 from xfm.pretrain.data.config import RANDAUG_OPS, RANDAUG_OPS_REGIONS
-from xfm.pretrain.data.seeding import stable_id
+from xfm.pretrain.data.seeding import source_image_id
 from xfm.pretrain.data.transforms import box_patch_mask, swap_left_right
 
 STORED = 64  # pixels of the stored pictures
@@ -163,8 +165,8 @@ def test_batches_have_the_documented_keys_shapes_and_dtypes(data):
         assert (b["text_ids_masked"][~sel] == b["text_ids"][~sel]).all()
         assert (sel.sum(1) <= 15).all() and (sel.sum(1) >= 1).all()
         assert not sel[b["text_mask"] == 0].any()
-        # image ids come from json image_id: a picture shared by two captions keeps one id
-        ids = {stable_id(f"img{s}-{i // 2}") for s in range(3) for i in range(7)}
+        # image ids come from json (source, image_id): a picture shared by two captions keeps one id
+        ids = {source_image_id("test", f"img{s}-{i // 2}") for s in range(3) for i in range(7)}
         assert set(b["image_ids"].tolist()) <= ids
 
         r = next(streams["regions"])
@@ -268,9 +270,61 @@ def test_region_boxes_follow_crop_and_flip_and_words_swap(data):
 
 def test_left_right_swap_and_patch_mask_units():
     assert swap_left_right("Left of the right box, leftover RIGHT") == "Right of the left box, leftover LEFT"
+    assert (swap_left_right("the leftmost cup, Rightmost car, moving leftwards; copyright, bright, left-hand")
+            == "the rightmost cup, Leftmost car, moving rightwards; copyright, bright, right-hand")
+    assert swap_left_right("LEFTMOST left, right.") == "RIGHTMOST right, left."
     m = box_patch_mask(np.array([[0.0, 0.0, 0.5, 0.25], [0.26, 0.5, 0.3, 1.0]]), 4)
     assert m[0].reshape(4, 4).tolist() == [[True, True, False, False]] + [[False] * 4] * 3
     assert m[1].reshape(4, 4)[:, 1].tolist() == [False, False, True, True] and m[1].sum() == 2
+
+
+# -------------------------------------------------------------------------------------- pairs
+def test_flipped_pairs_get_left_and_right_swapped_in_the_caption(data):
+    # the crop could cut a square away; without it the red one is left of the blue one unless flipped
+    aug = {"randaugment": False, "random_resized_crop": False}
+    cfg = make_cfg(data, kinds=("pairs",), batch=7, image_size=64, augment=aug)
+    tok = __import__("transformers").AutoTokenizer.from_pretrained(str(data / "tok"))
+    seen = Counter()
+    with StreamSet(cfg, seed=11) as streams:
+        for b in take(streams["pairs"], 3):
+            for image, ids, mask in zip(b["image"], b["text_ids"], b["text_mask"]):
+                text = tok.decode(ids[mask == 1], skip_special_tokens=True)
+                red_is_left = _colour_pixels(image, cfg, "red")[:, 0].mean() < _colour_pixels(image, cfg, "blue")[:, 0].mean()
+                want = "a red square left of a blue square" if red_is_left else "a red square right of a blue square"
+                assert text.startswith(want + " "), (text, red_is_left)
+                seen[bool(red_is_left)] += 1
+    assert seen[True] and seen[False]  # flipped and unflipped pictures both checked
+
+
+def pairs_row(key, source, image_id, caption):
+    meta = {"image_id": image_id, "width": STORED, "height": STORED}
+    if source is not None:
+        meta["source"] = source
+    return {"__key__": key, "jpg": jpeg(), "txt": caption, "json": meta}
+
+
+def test_image_ids_are_namespaced_by_source(data, tmp_path):
+    rows = [pairs_row("a", "coco", "42", "coco forty two first"), pairs_row("b", "vg", "42", "vg forty two"),
+            pairs_row("c", "coco", 42, "coco forty two second"), pairs_row("d", "vg", "7", "vg seven")]
+    cfg = make_cfg(data, kinds=("pairs",), batch=4, buffer=4)
+    cfg.pairs.sources[0].urls = write_shard(tmp_path / "mix.tar", rows)
+    tok = __import__("transformers").AutoTokenizer.from_pretrained(str(data / "tok"))
+    with StreamSet(cfg, seed=0) as streams:
+        b = next(streams["pairs"])
+    by_caption = {tok.decode(ids[m == 1], skip_special_tokens=True): int(i)
+                  for ids, m, i in zip(b["text_ids"], b["text_mask"], b["image_ids"])}
+    assert set(by_caption) == {r["txt"] for r in rows}
+    # same source, same image_id (string or number): one picture; another source: another picture
+    assert by_caption["coco forty two first"] == by_caption["coco forty two second"]
+    assert by_caption["vg forty two"] != by_caption["coco forty two first"]
+    assert len({by_caption["vg forty two"], by_caption["vg seven"], by_caption["coco forty two first"]}) == 3
+    assert by_caption["vg forty two"] == source_image_id("vg", "42")
+    # without a source an id could collide with another dataset's: rejected and counted
+    cfg = make_cfg(data, kinds=("pairs",), batch=1, buffer=2)
+    cfg.pairs.sources[0].urls = write_shard(tmp_path / "nosource.tar", [pairs_row("e", None, "42", "no source"), rows[0]])
+    with StreamSet(cfg, seed=0) as streams:
+        next(streams["pairs"])
+        assert streams.counters()["pairs"]["bad"] == {"bad_json": 1}
 
 
 # ---------------------------------------------------------------------------------- ranks/errors
@@ -296,7 +350,7 @@ def test_ranks_read_disjoint_shards_and_uneven_splits_yield_equally(data):
         # every image seen comes from the rank's own shards
         def ids_of(url):
             shard = int(url.rsplit("-", 1)[1][:6]) if "pairs-" in url else 7
-            return {stable_id(f"img{shard}-{i // 2}") for i in range(7)}
+            return {source_image_id("test", f"img{shard}-{i // 2}") for i in range(7)}
         for r in (0, 1):
             own = set().union(*(ids_of(u) for u in shards[r]))
             assert image_ids[r] <= own
@@ -353,7 +407,7 @@ def test_weighted_sources_are_mixed(data):
     b = {"urls": str(data / "pairs" / "pairs-{000001..000002}.tar"), "weight": 1.0}
     cfg = from_dict(DataConfig, {"tokenizer": str(data / "tok"), "image_size": 32, "patch_size": 8,
                                  "num_workers": 0, "pairs": {"sources": [a, b], "batch_size": 8, "shuffle_buffer": 8}})
-    ids0 = {stable_id(f"img0-{i // 2}") for i in range(7)}
+    ids0 = {source_image_id("test", f"img0-{i // 2}") for i in range(7)}
     with StreamSet(cfg, seed=2) as streams:
         seen = torch.cat([x["image_ids"] for x in take(streams["pairs"], 10)]).tolist()
     frac = sum(i in ids0 for i in seen) / len(seen)

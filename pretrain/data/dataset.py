@@ -19,7 +19,8 @@ from torch.utils.data import IterableDataset, get_worker_info
 from .config import STREAM_NAMES, DataConfig
 from .samples import DECODERS
 from .seeding import SAMPLE, derive_rng
-from .shards import BlockShuffler, SourceMixer, SourceReader, assign_shards, expand_urls
+from .shards import (BlockShuffler, ShardShare, SourceMixer, SourceReader, assign_shards,
+                     expand_urls, splits_by_sample)
 from .transforms import BadSample
 
 log = logging.getLogger(__name__)
@@ -82,10 +83,14 @@ class StreamDataset(IterableDataset):
     def key(self, worker: int) -> tuple[int, ...]:
         return (self.seed, STREAM_NAMES.index(self.stream), self.rank, worker)
 
-    def shards_for(self, worker: int) -> list[list[str]]:
-        """Per source, the shards worker ``worker`` of this rank reads."""
+    def shards_for(self, worker: int) -> list[list[ShardShare]]:
+        """Per source, what worker ``worker`` of this rank reads (whole shards or parts of them)."""
         return [assign_shards(urls, self.rank, self.world_size, worker, self.num_workers)
                 for urls in self.sources]
+
+    def sample_split(self) -> list[bool]:
+        """Per source, whether it is split below the shard (fewer shards than ranks x workers)."""
+        return [splits_by_sample(len(urls), self.world_size, self.num_workers) for urls in self.sources]
 
     def __iter__(self) -> Iterator[tuple[int, dict[str, torch.Tensor], dict[str, Any]]]:
         info = get_worker_info()
@@ -120,8 +125,8 @@ class StreamDataset(IterableDataset):
 
         def make_mixer(start: dict | None) -> SourceMixer:
             src_states = (start or {}).get("sources") or [None] * len(shard_lists)
-            readers = [SourceReader(urls, key + (i,), on_shard_error, st, label=labels[i])
-                       for i, (urls, st) in enumerate(zip(shard_lists, src_states))]
+            readers = [SourceReader(shares, key + (i,), on_shard_error, st, label=labels[i])
+                       for i, (shares, st) in enumerate(zip(shard_lists, src_states))]
             return SourceMixer(readers, [s.weight for s in scfg.sources], key,
                                draws=int((start or {}).get("draws", 0)))
 

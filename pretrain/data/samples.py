@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .config import DataConfig
-from .seeding import stable_id
+from .seeding import source_image_id
 from .transforms import (BadSample, ImageTransform, RegionTransform, box_patch_mask,
                          boxes_to_cxcywh, clip_box, decode_image, swap_left_right)
 
@@ -141,13 +141,20 @@ class PairsDecoder(Decoder):
     def decode(self, raw, rng):
         check_keys("pairs", raw)
         meta = read_json(raw)
-        image_id = meta.get("image_id")
+        image_id, source = meta.get("image_id"), meta.get("source")
         if not isinstance(image_id, (str, int)) or isinstance(image_id, bool):
-            raise BadSample("bad_json", f"{raw.get('__key__')!r}: 'image_id' must be a string, got {image_id!r}")
+            raise BadSample("bad_json", f"{raw.get('__url__')} sample {raw.get('__key__')!r}: "
+                                        f"'image_id' must be a string, got {image_id!r}")
+        if not isinstance(source, str):  # without it, equal ids of two datasets would be one picture
+            raise BadSample("bad_json", f"{raw.get('__url__')} sample {raw.get('__key__')!r}: "
+                                        f"'source' must be a string (the dataset image_id belongs to), got {source!r}")
         caption = read_text(raw)
         img = decode_image(raw["jpg"])
-        return {"image": self.transform(img, rng), "text": self.text(caption, rng),
-                "image_id": stable_id(str(image_id)), "mim_mask": self.block_masker(rng)}
+        image, flipped = self.transform(img, rng)
+        if flipped:  # the caption must describe the mirrored picture
+            caption = swap_left_right(caption)
+        return {"image": image, "text": self.text(caption, rng),
+                "image_id": source_image_id(source, image_id), "mim_mask": self.block_masker(rng)}
 
     def collate(self, examples):
         batch = stack_images(examples)
@@ -166,7 +173,8 @@ class ImagesDecoder(Decoder):
     def decode(self, raw, rng):
         check_keys("images", raw)
         img = decode_image(raw["jpg"])
-        return {"image": self.transform(img, rng), "mim_mask": self.block_masker(rng)}
+        image, _ = self.transform(img, rng)  # no text to keep consistent with a flip
+        return {"image": image, "mim_mask": self.block_masker(rng)}
 
     def collate(self, examples):
         return stack_images(examples)

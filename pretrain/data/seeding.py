@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import random
 
 import numpy as np
@@ -46,3 +47,11 @@ def global_rngs_seeded(rng: np.random.Generator):
 def stable_id(text: str) -> int:
     """A 63-bit integer id for a string, the same in every process and run (not ``hash``)."""
     return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little") >> 1
+
+
+def source_image_id(source: str, image_id: str | int) -> int:
+    """The id of one picture in a mix of datasets: ``image_id`` namespaced by its ``source``, so
+    COCO's 42 and Visual Genome's 42 differ while every caption of one picture shares one id
+    (soft ITC targets and ITM negative exclusion compare these). Integer and string forms of an
+    ``image_id`` are the same picture ("42" == 42), as the shard writer stores them as strings."""
+    return stable_id(json.dumps([source, str(image_id)]))

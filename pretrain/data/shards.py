@@ -2,9 +2,11 @@
 
 Why not ``wds.WebDataset(resampled=True)``: its shard order is not reproducible across runs and
 it records no position, so it cannot resume exactly (ARCHITECTURE.md, pitfalls). Here each
-(rank, loader worker) owns a fixed slice of every source's shards and reads them epoch after
-epoch in an order drawn from (seed, stream, rank, worker, source, epoch); its position is
-``(epoch, index in that order, samples read from that shard)``, which is enough to reopen the
+(rank, loader worker) owns a fixed slice of every source - whole shards, or, when the source has
+fewer shards than there are (rank, worker) readers, a fixed subset of the samples of one or two
+shards - and reads it epoch after epoch in an order drawn from (seed, stream, rank, worker,
+source, epoch). Either way every sample of a source belongs to exactly one reader. A position is
+``(epoch, index in that order, raw samples read from that shard)``, which is enough to reopen the
 shard and skip to the same sample without decoding anything. The stream never ends, so ranks
 with fewer shards still produce as many batches as the others (no hang on uneven shards).
 Tar reading, ``pipe:`` URLs and sample grouping are webdataset's (``gopen``,
@@ -13,7 +15,8 @@ on, without webdataset's 0.5 s sleep per bad sample.
 """
 from __future__ import annotations
 
-import logging
+import math
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
 import braceexpand
@@ -22,8 +25,6 @@ from webdataset.gopen import gopen
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from .seeding import BLOCK_SHUFFLE, SHARD_ORDER, SOURCE_MIX, derive_rng
-
-log = logging.getLogger(__name__)
 
 # ShardErrorHook(url, exception) is called for every shard that cannot be opened or read to its end
 ShardErrorHook = Callable[[str, BaseException], None]
@@ -41,23 +42,62 @@ def expand_urls(urls: str | Sequence[str]) -> list[str]:
     return out
 
 
-def split_evenly(items: Sequence[str], index: int, count: int) -> list[str]:
-    """``items[index::count]``; when there are fewer items than parts, every part reads them all
-    (parts then overlap, but none is left without data, which would stall its rank)."""
-    if not 0 <= index < count:
-        raise ValueError(f"part {index} out of range for {count} parts")
-    if len(items) < count:
-        return list(items)
-    return list(items[index::count])
+@dataclass(frozen=True)
+class ShardShare:
+    """The part of one shard a (rank, worker) reader serves: the samples whose index in the shard, taken
+    modulo ``modulus``, lies in ``[first, stop)``. ``modulus == 1``: the whole shard."""
+
+    url: str
+    modulus: int = 1
+    first: int = 0
+    stop: int = 1
+
+    def takes(self, index: int) -> bool:
+        return self.first <= index % self.modulus < self.stop
+
+    def took_any_before(self, index: int) -> bool:
+        """Whether one of the samples ``0 .. index-1`` was this reader's."""
+        return index > self.first
+
+
+def reader_count(world_size: int, num_workers: int) -> int:
+    """(rank, loader worker) readers of a source, all ranks together (0 workers: the main process)."""
+    return world_size * max(1, num_workers)
+
+
+def splits_by_sample(num_shards: int, world_size: int, num_workers: int) -> bool:
+    """Whether a source of ``num_shards`` shards is split below the shard (fewer shards than readers)."""
+    return num_shards < reader_count(world_size, num_workers)
 
 
 def assign_shards(urls: Sequence[str], rank: int, world_size: int, worker: int,
-                  num_workers: int) -> list[str]:
-    """The shards one loader worker of one rank reads: first split over ranks, then workers."""
-    if len(urls) < world_size:
-        log.warning("only %d shard(s) for %d ranks: every rank reads all of them (not disjoint)",
-                    len(urls), world_size)
-    return split_evenly(split_evenly(urls, rank, world_size), worker, max(1, num_workers))
+                  num_workers: int) -> list[ShardShare]:
+    """What one loader worker of one rank reads of a source, such that over all
+    ``world_size x workers`` readers every sample of the source belongs to exactly one reader.
+
+    Reader ``g = rank + world_size * worker`` of ``P``. With at least ``P`` shards, the reader
+    reads the whole shards ``urls[g::P]`` (the same as splitting over ranks, then workers).
+    With fewer, it would otherwise have to read shards other readers read as well, serving their
+    samples twice; instead each shard's samples are dealt by index into ``M = P / gcd(n, P)``
+    classes, and the ``n * M`` (shard, class) pieces are handed out in order, ``n / gcd(n, P)``
+    to each reader: every reader gets the same share of the source, reads one or two shards, and a
+    shard needs only ``M`` samples for each of its readers to get one.
+    """
+    W = max(1, num_workers)  # 0 workers: the main process reads
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} out of range for world size {world_size}")
+    if not 0 <= worker < W:
+        raise ValueError(f"worker {worker} out of range for {W} worker(s)")
+    P = reader_count(world_size, num_workers)
+    g = rank + world_size * worker
+    n = len(urls)
+    if n >= P:
+        return [ShardShare(u) for u in urls[g::P]]
+    d = math.gcd(n, P)
+    M, per_reader = P // d, n // d
+    lo, hi = g * per_reader, (g + 1) * per_reader  # this reader's pieces; shard s holds [s*M, (s+1)*M)
+    return [ShardShare(urls[s], M, max(lo, s * M) - s * M, min(hi, (s + 1) * M) - s * M)
+            for s in range(lo // M, (hi - 1) // M + 1)]
 
 
 def iter_shard(url: str, on_error: ShardErrorHook) -> Iterator[dict[str, Any]]:
@@ -90,13 +130,18 @@ def iter_shard(url: str, on_error: ShardErrorHook) -> Iterator[dict[str, Any]]:
 
 
 class SourceReader:
-    """An endless, seeded walk through one source's shards for one (rank, worker)."""
+    """An endless, seeded walk through one source's shard shares for one (rank, worker).
 
-    def __init__(self, urls: Sequence[str], key: tuple[int, ...], on_error: ShardErrorHook,
+    ``sample`` counts the raw samples read from the current shard, this reader's or not, so that a
+    resume skips exactly as many without decoding any.
+    """
+
+    def __init__(self, shares: Sequence[ShardShare | str], key: tuple[int, ...], on_error: ShardErrorHook,
                  state: dict | None = None, label: str = ""):
-        if not urls:
+        if not shares:
             raise ValueError(f"source {label!r}: no shards assigned")
-        self.urls = list(urls)
+        self.shares = [ShardShare(s) if isinstance(s, str) else s for s in shares]
+        self.urls = [s.url for s in self.shares]
         self.key = key
         self.on_error = on_error
         self.label = label or self.urls[0]
@@ -106,32 +151,40 @@ class SourceReader:
         self.sample = int(st.get("sample", 0))
         self._order = self._order_for(self.epoch)
         self._it: Iterator | None = None
+        self._share: ShardShare | None = None
         self._empty_run = 0  # consecutive shards that gave no sample at all
 
     def _order_for(self, epoch: int) -> list[int]:
-        return derive_rng(*self.key, SHARD_ORDER, epoch).permutation(len(self.urls)).tolist()
+        return derive_rng(*self.key, SHARD_ORDER, epoch).permutation(len(self.shares)).tolist()
 
     def state(self) -> dict:
         return {"epoch": self.epoch, "pos": self.pos, "sample": self.sample}
 
     def _open_current(self) -> None:
-        url = self.urls[self._order[self.pos]]
-        it = iter_shard(url, self.on_error)
+        share = self.shares[self._order[self.pos]]
+        it = iter_shard(share.url, self.on_error)
         for _ in range(self.sample):  # resume: skip raw samples, nothing is decoded
             if next(it, None) is None:
                 break
         self._it = it
-        self._had_sample = self.sample > 0
+        self._share = share
+        self._had_sample = share.took_any_before(self.sample)
 
     def _advance_shard(self) -> None:
         self._empty_run = 0 if self._had_sample else self._empty_run + 1
-        if self._empty_run >= len(self.urls):
+        if self._empty_run >= len(self.shares):
+            part = self.shares[0]
+            detail = "" if part.modulus == 1 else (
+                f"; with fewer shards than ranks x loader workers each reader keeps only the samples "
+                f"whose index modulo {part.modulus} is its own, so a shard needs at least "
+                f"{part.modulus} samples to feed every reader")
             raise RuntimeError(
                 f"source {self.label!r}: none of its {len(self.urls)} shard(s) gave a sample "
-                f"(all unreadable, corrupt or empty): {self.urls[:4]}{' ...' if len(self.urls) > 4 else ''}")
+                f"(all unreadable, corrupt or empty{detail}): "
+                f"{self.urls[:4]}{' ...' if len(self.urls) > 4 else ''}")
         self.pos += 1
         self.sample = 0
-        if self.pos >= len(self.urls):
+        if self.pos >= len(self.shares):
             self.epoch += 1
             self.pos = 0
             self._order = self._order_for(self.epoch)
@@ -145,7 +198,10 @@ class SourceReader:
             if raw is None:
                 self._advance_shard()
                 continue
+            index = self.sample
             self.sample += 1
+            if not self._share.takes(index):  # another reader's sample
+                continue
             self._had_sample = True
             return raw
 

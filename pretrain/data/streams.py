@@ -11,6 +11,7 @@ bad samples by reason, bad shards, time spent waiting for data) are exact for co
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from collections import Counter, deque
@@ -22,6 +23,7 @@ from torch.utils.data import DataLoader
 
 from .config import STREAM_NAMES, DataConfig
 from .dataset import StreamDataset, load_resources
+from .shards import reader_count
 
 log = logging.getLogger(__name__)
 
@@ -79,10 +81,27 @@ class Stream:
         # a dataset (no workers started) to answer questions about the shard split
         self._dataset = StreamDataset(cfg, name, rank, world_size, seed, self.num_workers)
         scfg = cfg.stream(name)
+        self._warn_sample_split()
         log.info("stream %s: rank %d/%d reads %d of %d shard(s) from %d source(s); %d loader worker(s), "
                  "batch %d, shuffle block %d", name, rank, world_size, len(self.shards()),
                  sum(len(u) for u in self._dataset.sources), len(scfg.sources), self.num_workers,
                  scfg.batch_size, scfg.shuffle_buffer)
+
+    def _warn_sample_split(self) -> None:
+        """Once per stream and source: a source with fewer shards than (rank, worker) readers is
+        split by sample, so each shard is read whole by several readers that keep a share each."""
+        readers = reader_count(self.world_size, self.num_workers)
+        for src, urls, by_sample in zip(self.cfg.stream(self.name).sources, self._dataset.sources,
+                                        self._dataset.sample_split()):
+            if by_sample:
+                modulus = readers // math.gcd(len(urls), readers)
+                log.warning(
+                    "stream %s, source %s: %d shard(s) for %d readers (%d rank(s) x %d loader worker(s)): "
+                    "split by sample, not by shard - every sample still goes to exactly one reader, but each "
+                    "shard is read whole by about %.1f readers (a shard needs >= %d samples to feed all of "
+                    "them); give the source %d or more shards to split by shard",
+                    self.name, src.name or urls[0], len(urls), readers, self.world_size,
+                    max(1, self.num_workers), readers / len(urls), modulus, readers)
 
     # ------------------------------------------------------------------ iteration
     def _start(self) -> None:
@@ -147,7 +166,8 @@ class Stream:
                 "batch_size": self.cfg.stream(self.name).batch_size,
                 "shuffle_buffer": self.cfg.stream(self.name).shuffle_buffer,
                 "sources": [s.urls if isinstance(s.urls, str) else list(s.urls)
-                            for s in self.cfg.stream(self.name).sources]}
+                            for s in self.cfg.stream(self.name).sources],
+                "sample_split": self._dataset.sample_split()}
 
     def state_dict(self) -> dict[str, Any]:
         return {"version": STATE_VERSION, **self._identity_fields(),
@@ -163,7 +183,11 @@ class Stream:
         mine = self._identity_fields()
         if not strict:
             mine.pop("sources")
-        diff = {k: (state.get(k), v) for k, v in mine.items() if state.get(k) != v}
+        saved = dict(state)
+        # a state without the field comes from a loader that split every source by shard (and had
+        # every reader read a source with too few shards whole): the same only where that held
+        saved.setdefault("sample_split", [False] * len(mine["sample_split"]))
+        diff = {k: (saved.get(k), v) for k, v in mine.items() if saved.get(k) != v}
         if diff:
             detail = "; ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in diff.items())
             raise ValueError(f"stream {self.name}: cannot resume exactly, the data setup changed ({detail})")
@@ -178,8 +202,8 @@ class Stream:
         workers = range(max(1, self.num_workers)) if worker is None else [worker]
         out: list[str] = []
         for w in workers:
-            for urls in self._dataset.shards_for(w):
-                out.extend(u for u in urls if u not in out)
+            for shares in self._dataset.shards_for(w):
+                out.extend(s.url for s in shares if s.url not in out)
         return out
 
 

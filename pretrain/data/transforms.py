@@ -4,9 +4,9 @@ Pairs and image-only samples: RandomResizedCrop (scale 0.2-1, bicubic), horizont
 RandAugment(2, 7) over the ops without colour changes (timm's ``rand_augment_transform`` with a
 restricted op list); a flipped pair's caption gets "left" and "right" swapped. Region samples: a
 crop that keeps every chosen box, a flip that also swaps the words "left" and "right" in the
-phrases and the caption, and RandAugment over photometric ops only (a
-geometric op would move a shape out of its box). All randomness comes from the per-sample
-generator passed in (see seeding.py).
+phrases and the caption, and RandAugment over photometric ops only (a geometric op would move a
+shape out of its box). Both flips use one word swap, ``swap_left_right``. All randomness comes
+from the per-sample generator passed in (see seeding.py).
 """
 from __future__ import annotations
 
