@@ -300,6 +300,7 @@ def _train(cfg, runner, task_cfg, model_cfg, ckpt_dir: Path, writer, resume: boo
                 save_task_model(full, best_dir, task, model_cfg,
                                 {"step": at_step, "metric": task.main_metric, "value": value,
                                  "split": cfg.train.eval_split})
+                task.tokenizer.save_pretrained(str(best_dir))  # the model dir is self-contained
         else:
             state["bad_evals"] += 1
         if writer:

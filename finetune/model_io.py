@@ -177,3 +177,38 @@ def task_state_from_dir(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 def read_task_file(path: str | os.PathLike) -> dict:
     return yaml.safe_load((Path(path) / TASK_FILE).read_text())
+
+
+def load_task_model(path: str | os.PathLike, tokenizer=None, device="cpu"):
+    """A fine-tuned model directory -> (task, TaskModel in eval mode), without DeepSpeed or a
+    process group (inference, tests). The tokenizer comes from the directory (the loop saves it
+    there) unless one is given."""
+    from xfm.checkpoint.native import read_native_config
+    from xfm.config import from_dict
+    from xfm.finetune.config import FinetuneConfig
+    from xfm.finetune.registry import get_task
+    from xfm.model import XFM
+    from xfm.tokenizer import load_tokenizer
+
+    path = Path(path)
+    if not is_task_dir(path):
+        raise FileNotFoundError(f"{path}: not a fine-tuned model directory ({WEIGHTS} + {CONFIG} + {TASK_FILE})")
+    meta = read_task_file(path)
+    task_cls = get_task(meta["task"])
+    task_cfg = from_dict(task_cls.Config, meta.get("task_config") or {}, str(path / TASK_FILE))
+    model_cfg = read_native_config(path)
+    if tokenizer is None:
+        tokenizer = load_tokenizer(path)
+    task = task_cls(FinetuneConfig(), task_cfg, model_cfg, tokenizer)
+    model = task.build_model(XFM(model_cfg))
+    state = task_state_from_dir(path)
+    result = model.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys
+               if not k.endswith("heads.text_mlm.decoder.weight") and not k.endswith("relative_position_index")]
+    if missing or result.unexpected_keys:
+        raise ValueError(f"{path}: weights do not match the {meta['task']} model: missing {missing[:5]}, "
+                         f"unexpected {result.unexpected_keys[:5]}")
+    if hasattr(model.xfm, "tie_weights") and getattr(model.xfm, "heads", None) is not None \
+            and getattr(model.xfm, "text", None) is not None:
+        model.xfm.tie_weights()
+    return task, model.to(device).eval()

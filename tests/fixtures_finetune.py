@@ -1,0 +1,95 @@
+"""Fixtures and helpers for the fine-tuning tests.
+
+- `finetune_ckpts` (session): the checkpoints a user fine-tunes from, made by the tests:
+  `export` = `xfm-export` of the short 2-rank pretraining run (`tiny_run`), `official` = an
+  official-layout `.th` (the tiny layout of the official key table, random weights), `random`
+  = a randomly initialised tiny model in our format (the "from random weights" baseline), and
+  `world` = the prepared synthetic world whose downstream sets the task configs read.
+- `run_finetune(ckpts, task, out, *overrides, nproc=1, extra=())`: runs `xfm-finetune` in a
+  subprocess (torchrun for nproc > 1) with the task's shipped config and test-sized settings;
+  returns (CompletedProcess, eval.json dict or None).
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+# small and fast: one worker-less loader, progress bars off, 1 log line per step
+TEST_SETTINGS = ["train.num_workers=0", "logging.progress=false", "logging.every=1",
+                 "engine.precision=fp32", "engine.dist_timeout_s=300"]
+
+
+@dataclass(frozen=True)
+class FinetuneCheckpoints:
+    export: Path
+    official: Path
+    random: Path
+    world: Path  # XFM_DATA/world
+
+    @property
+    def xfm_data(self) -> Path:
+        return self.world.parent
+
+
+def finetune_env(ckpts: FinetuneCheckpoints, **extra) -> dict:
+    env = dict(os.environ)
+    env.update(XFM_DATA=str(ckpts.xfm_data), OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu",
+               TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+def finetune_cmd(task: str, config: str | Path, checkpoint: Path | str, out: Path, overrides=(),
+                 nproc: int = 1, extra=()) -> list[str]:
+    args = ["-m", "xfm.finetune", "--task", task, "--config", str(config), "--checkpoint", str(checkpoint),
+            "--out", str(out), *extra]
+    for ov in [*TEST_SETTINGS, *overrides]:
+        args += ["--set", ov]
+    if nproc == 1:
+        return [sys.executable, *args]
+    from fixtures_pretrain import free_port
+
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+            "--master_port", str(free_port()), *args]
+
+
+def run_finetune(ckpts: FinetuneCheckpoints, task: str, out: Path, *overrides, checkpoint=None,
+                 config=None, nproc: int = 1, extra=(), timeout: float = 600):
+    cmd = finetune_cmd(task, config or REPO / "configs" / "finetune" / f"{task}.yaml",
+                       checkpoint if checkpoint is not None else ckpts.export, out, overrides, nproc, extra)
+    proc = subprocess.run(cmd, cwd=REPO, env=finetune_env(ckpts), capture_output=True, text=True, timeout=timeout)
+    result = None
+    if (out / "eval.json").is_file():
+        result = json.loads((out / "eval.json").read_text())
+    return proc, result
+
+
+def official_tiny_th(path: Path, seed: int = 0) -> Path:
+    """An official-layout `.th` of the tiny key table (random weights, tied rows shared)."""
+    import torch
+    from test_checkpoint_official import layout, official_state_dict
+
+    torch.save({"model": official_state_dict(layout("tiny"), seed=seed), "epoch": 0}, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def finetune_ckpts(tiny_run, pretrain_data, tmp_path_factory) -> FinetuneCheckpoints:
+    import torch
+    from xfm.model import XFM
+    from xfm.model_config import model_config
+    from xfm.pretrain.export import export
+
+    root = tmp_path_factory.mktemp("finetune_ckpts")
+    export(tiny_run.run_dir, root / "export")
+    official = official_tiny_th(root / "xfm_tiny_official.th")
+    torch.manual_seed(1234)
+    XFM(model_config("tiny")).save_pretrained(root / "random")
+    return FinetuneCheckpoints(root / "export", official, root / "random", Path(pretrain_data.world))
