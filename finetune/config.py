@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from xfm.config import ConfigError, from_dict, load_config
+from xfm.config import ConfigError, load_config
 from xfm.runtime.config import CheckpointConfig, EngineConfig, LoggingConfig, OptimConfig
 
 
@@ -92,11 +92,11 @@ class FinetuneConfig:
 
 def load_finetune_config(path: str, task_config_cls: type, overrides: list[str] | None = None):
     """-> (FinetuneConfig, the task's own config object)."""
+    from xfm.config import _build
+
     cfg = load_config(path, FinetuneConfig, overrides)
     try:
-        task_cfg = from_dict(task_config_cls, cfg.task, f"{path}: task")
-    except ConfigError as e:
-        raise ConfigError(str(e)) from None
+        task_cfg = _build(task_config_cls, cfg.task, "task")  # errors name task.<key>
     except (TypeError, ValueError) as e:
-        raise ConfigError(f"{path}: task: {e}") from None
+        raise ConfigError(f"{path}: {e}") from None
     return cfg, task_cfg

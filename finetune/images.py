@@ -19,8 +19,9 @@ from PIL import Image, ImageOps
 
 IMAGE_MEAN = (0.48145466, 0.4578275, 0.40821073)
 IMAGE_STD = (0.26862954, 0.26130258, 0.27577711)
-# RandAugment ops that move or sharpen pixels but keep colours (captions name colours)
-GEOMETRIC_OPS = ("Identity", "AutoContrast", "Equalize", "Brightness", "Sharpness", "ShearX", "ShearY",
+# RandAugment ops that move or sharpen pixels but keep colours (captions name colours). timm has
+# no "Identity" op (the original list's no-op); timm applies each chosen op with probability 1/2.
+GEOMETRIC_OPS = ("AutoContrast", "Equalize", "Brightness", "Sharpness", "ShearX", "ShearY",
                  "TranslateXRel", "TranslateYRel", "Rotate")
 
 
@@ -28,12 +29,14 @@ class ImageReadError(ValueError):
     """An image file that cannot be used; the message names the file."""
 
 
-def load_image(path) -> Image.Image:
-    """RGB picture as a viewer shows it (EXIF orientation applied)."""
+def load_image(path, apply_exif: bool = True) -> Image.Image:
+    """RGB picture as a viewer shows it (EXIF orientation applied); ``apply_exif=False``: in its
+    stored pixel frame (the frame COCO boxes are annotated in)."""
     try:
         with Image.open(path) as img:
             img.load()
-            img = ImageOps.exif_transpose(img)
+            if apply_exif:
+                img = ImageOps.exif_transpose(img)
             return img.convert("RGB")
     except FileNotFoundError:
         raise ImageReadError(f"{path}: image file not found") from None

@@ -10,6 +10,7 @@ best-so-far, so ``--resume`` after ``kill -9`` continues the same epoch at the s
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import sys
@@ -131,6 +132,33 @@ def _device(info):
     return torch.device(acc.device_name(info.local_rank) if acc.device_name() != "cpu" else "cpu")
 
 
+@contextlib.contextmanager
+def _broadcast_scalar_params():
+    """DeepSpeed 0.19.8 broadcasts every parameter at engine start (ZeRO 0-2) as
+    ``p.data.view(uint8)``, which raises for a 0-dim parameter (the temperature): during that
+    broadcast only, such parameters are 1-element views of the same storage (nothing else, e.g.
+    the gradient hooks ZeRO installs later, ever sees them reshaped)."""
+    from deepspeed.runtime.engine import DeepSpeedEngine
+
+    original = DeepSpeedEngine._broadcast_model
+
+    def patched(self):
+        scalars = [p for p in self.module.parameters() if p.dim() == 0]
+        for p in scalars:
+            p.data = p.data.reshape(1)
+        try:
+            return original(self)
+        finally:
+            for p in scalars:
+                p.data = p.data.reshape(())
+
+    DeepSpeedEngine._broadcast_model = patched
+    try:
+        yield
+    finally:
+        DeepSpeedEngine._broadcast_model = original
+
+
 def _build_engine(cfg, module, optim_groups, ds_config):
     import deepspeed
 
@@ -138,7 +166,8 @@ def _build_engine(cfg, module, optim_groups, ds_config):
     groups = [{k: v for k, v in g.items() if k != "names"} for g in optim_groups]
     optimizer = torch.optim.AdamW(groups, lr=opt.lr, betas=tuple(opt.betas), eps=opt.eps,
                                   weight_decay=opt.weight_decay)
-    engine, optimizer, _, _ = deepspeed.initialize(model=module, optimizer=optimizer, config=ds_config)
+    with _broadcast_scalar_params():
+        engine, optimizer, _, _ = deepspeed.initialize(model=module, optimizer=optimizer, config=ds_config)
     return engine, optimizer
 
 
@@ -201,7 +230,7 @@ def prepare(cfg, task_cls, task_cfg, *, resume: bool = False, eval_only: bool = 
     groups = finetune_param_groups(model, cfg.optim, task_cls.head_prefixes)
     engine, _ = _build_engine(cfg, model, groups, ds_config)
     if info.rank == 0:
-        print("\n".join(f"xfm-finetune: {line}" for line in report_lines), flush=True)
+        print("\n".join(f"xfm-finetune: {line}" for text in report_lines for line in text.splitlines()), flush=True)
     runner = Runner(cfg, task, engine, model, info, device, PRECISION_DTYPES[cfg.engine.precision], run_dir)
     return runner, model_cfg
 
@@ -277,6 +306,7 @@ def _train(cfg, runner, task_cfg, model_cfg, ckpt_dir: Path, writer, resume: boo
             raise ValueError(f"--resume: the checkpoint's run has {saved.get('total_steps')} steps, this "
                              f"config gives {n_steps}: epochs, batch size, world size and max_steps must match")
         state.update(saved)
+    task.on_train_start(runner)
     stop = StopRequest()
     best_dir = runner.run_dir / BEST_DIR
     higher = task.higher_is_better

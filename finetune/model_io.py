@@ -208,7 +208,7 @@ def load_task_model(path: str | os.PathLike, tokenizer=None, device="cpu"):
     if missing or result.unexpected_keys:
         raise ValueError(f"{path}: weights do not match the {meta['task']} model: missing {missing[:5]}, "
                          f"unexpected {result.unexpected_keys[:5]}")
-    if hasattr(model.xfm, "tie_weights") and getattr(model.xfm, "heads", None) is not None \
-            and getattr(model.xfm, "text", None) is not None:
+    if hasattr(model.xfm, "tie_weights") and getattr(model.xfm, "text", None) is not None \
+            and getattr(getattr(model.xfm, "heads", None), "text_mlm", None) is not None:
         model.xfm.tie_weights()
     return task, model.to(device).eval()

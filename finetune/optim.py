@@ -1,5 +1,19 @@
-"""Parameter groups for fine-tuning: no decay on biases / norms / scalars, layer-wise lr decay
-(BEiT recipe) and an lr multiplier for the task's new head."""
+"""Parameter groups for fine-tuning: weight decay, layer-wise lr decay (BEiT recipe) and an lr
+multiplier for the task's new head.
+
+Weight decay: none on biases, normalisation layers, scalars / vectors, the ViT tokens
+(``cls_token``, ``mask_token``, ``pos_embed``) and BEiT's relative position bias tables (timm's
+``Beit.no_weight_decay``; the X-FM pretraining rule leaves those tables undecayed too).
+
+Layer decay (``optim.layer_decay`` < 1, the BEiT / timm ``param_groups_layer_decay`` rule): with
+``n`` encoder layers, a parameter of layer id ``i`` trains at ``lr * layer_decay ** (n + 1 - i)``:
+id 0 for the embeddings (patch / word / position embeddings, cls and mask tokens), ``j + 1`` for
+block ``j``, ``n + 1`` for everything after the encoders (final norms, projections, the head),
+which therefore keeps the full lr. ``n`` is the depth of the deepest encoder the task kept.
+
+Frozen parameters (``requires_grad`` False, a linear probe's encoder) get no group at all, so the
+optimizer (and DeepSpeed's ZeRO partitions of it) never holds them.
+"""
 from __future__ import annotations
 
 import re
@@ -7,6 +21,8 @@ import re
 from torch import nn
 
 _LAYER_RE = re.compile(r"(?:encoder\.layer|blocks)\.(\d+)\.")
+# ViT tokens and BEiT relative position tables: no weight decay whatever their rank
+_NO_DECAY_NAMES = ("cls_token", "mask_token", "pos_embed", "relative_position_bias_table")
 
 
 def num_layers(model: nn.Module) -> int:
@@ -27,12 +43,19 @@ def layer_id(name: str, depth: int, head_prefixes) -> int:
     m = _LAYER_RE.search(name)
     if m:
         return int(m.group(1)) + 1
-    if any(s in name for s in ("embeddings", "patch_embed", "cls_token", "mask_token")):
+    if any(s in name for s in ("embeddings", "patch_embed", "cls_token", "mask_token", "pos_embed")):
         return 0
     return depth + 1
 
 
+def _skips_decay(name: str, shape, norm_param: bool) -> bool:
+    leaf = name.rsplit(".", 1)[-1]
+    return name.endswith("bias") or norm_param or len(shape) <= 1 or leaf in _NO_DECAY_NAMES
+
+
 def finetune_param_groups(model: nn.Module, optim, head_prefixes=("head.",)) -> list[dict]:
+    """AdamW groups keyed by (no decay, lr multiplier); each carries ``lr_mult`` (what ``set_lr``
+    scales the schedule by) and ``names``."""
     depth = num_layers(model)
     groups: dict[tuple, dict] = {}
     norm_ids = {id(p) for m in model.modules() if isinstance(m, nn.LayerNorm) or "norm" in type(m).__name__.lower()
@@ -41,7 +64,7 @@ def finetune_param_groups(model: nn.Module, optim, head_prefixes=("head.",)) -> 
         if not p.requires_grad:
             continue
         shape = getattr(p, "ds_shape", p.shape)
-        no_decay = name.endswith("bias") or id(p) in norm_ids or len(shape) <= 1
+        no_decay = _skips_decay(name, shape, id(p) in norm_ids)
         is_head = name.startswith(tuple(head_prefixes))
         mult = optim.layer_decay ** (depth + 1 - layer_id(name, depth, head_prefixes))
         if is_head:
@@ -52,4 +75,6 @@ def finetune_param_groups(model: nn.Module, optim, head_prefixes=("head.",)) -> 
                            "lr_mult": mult, "lr": optim.lr * mult}
         groups[key]["params"].append(p)
         groups[key]["names"].append(name)
+    if not groups:
+        raise ValueError("no trainable parameter: every parameter of the task model has requires_grad False")
     return [groups[k] for k in sorted(groups)]

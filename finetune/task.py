@@ -93,6 +93,11 @@ class Task:
         raise NotImplementedError
 
     # --- training / evaluation -----------------------------------------------------------
+    def on_train_start(self, runner) -> None:
+        """Called on every rank, in step, once the weights are in place (also after a resume)
+        and before the first training step: work that needs the engine before training (the
+        features of a frozen encoder, computed once)."""
+
     def loss(self, model: TaskModel, batch: dict, ctx: TaskContext) -> tuple[torch.Tensor, dict]:
         raise NotImplementedError
 

@@ -66,15 +66,49 @@ def read_native_config(directory: Path) -> ModelConfig:
         raise CheckpointError(f"{directory / CONFIG}: {e}") from e
 
 
+TASK_FILE = "task.yaml"  # present in a fine-tuned model directory (xfm-finetune's best/)
+TASK_HEAD_PREFIX = "task_head."
+
+
+def _task_meta(directory: Path) -> dict | None:
+    path = directory / TASK_FILE
+    if not path.is_file():
+        return None
+    import yaml
+
+    meta = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(meta, dict) or "task" not in meta:
+        raise CheckpointError(f"{path}: not a fine-tuned model description (no 'task' key)")
+    return meta
+
+
 def load_native(model: nn.Module, directory: str | os.PathLike, *, strict: bool = True) -> LoadReport:
-    """Copy ``directory/model.safetensors`` into an already built model."""
+    """Copy ``directory/model.safetensors`` into an already built model.
+
+    A fine-tuned model directory (with ``task.yaml``) holds only the X-FM parts its task uses
+    plus the task's head under ``task_head.*``: the head is skipped (documented, with the task's
+    name) and the parts the task does not have keep the model's own values, reported as new."""
     directory = Path(directory)
     weights = directory / WEIGHTS
     if not weights.is_file():
         raise CheckpointError(f"{directory}: no {WEIGHTS}")
     sd = read_safetensors(weights)
+    meta = _task_meta(directory)
+    ignored, in_scope, is_new = {}, (lambda k: True), (lambda k: False)
+    if meta is not None:
+        parts = tuple(meta.get("parts") or ())
+        reason = (f"head of the fine-tuned {meta['task']!r} model (load it with "
+                  f"xfm.finetune.model_io.load_task_model)")
+        ignored = {k: reason for k in sd if k.startswith(TASK_HEAD_PREFIX)}
+        sd = {k: v for k, v in sd.items() if not k.startswith(TASK_HEAD_PREFIX)}
+        in_scope = lambda k: k.split(".")[0] in parts  # noqa: E731
+        is_new = lambda k: k.split(".")[0] not in parts  # noqa: E731
     mapped = {k: (k, v) for k, v in sd.items()}
-    report = apply_mapped(model, mapped, source=str(weights), fmt="xfm", in_scope=lambda k: True)
+    report = apply_mapped(model, mapped, source=str(weights), fmt="xfm", in_scope=lambda k: True,
+                          is_new=is_new, ignored=ignored)
+    if meta is not None:
+        report.new = sorted(k for k in model.state_dict() if not in_scope(k) and k not in report.loaded)
+        report.missing = [k for k in report.missing if in_scope(k)]
     if strict:
         require_clean(report, "model's")
     return report
