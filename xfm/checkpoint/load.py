@@ -9,6 +9,10 @@ Formats, detected in this order (the choice is logged on ``xfm.checkpoint``):
    keys (the official X-FM ``.th`` pickles) -> the whole model, config inferred from shapes;
 4. ``timm-beit``: a file holding a timm BEiT(-v2) state dict -> vision encoder.
 
+Tensors kept beside a model (``model.auxiliary_state``, e.g. the official fusion embeddings the
+answer/caption decoder starts from) survive a round trip through our format as
+``auxiliary.safetensors``.
+
 Anything else (a missing path, a directory of another kind, a garbage or truncated file, a
 state dict of an unknown model) is a :class:`CheckpointError` naming the path.
 """
@@ -24,13 +28,47 @@ from torch import nn
 from .apply import require_clean
 from .build_config import default_heads, resolve_config
 from .hf_text import is_hf_dir, load_hf_text, read_hf_config, text_config_from_hf
-from .files import find_state_dict, read_file
-from .native import WEIGHTS, CONFIG, build_native, is_native_dir, load_native, save_pretrained
+from .files import find_state_dict, read_file, read_safetensors
+from .native import WEIGHTS, CONFIG, build_native, is_native_dir, load_native
+from .native import save_pretrained as _save_native
 from .official import infer_official_fields, load_official_state_dict, looks_official
 from .report import CheckpointError, LoadReport, log
 from .timm_beit import infer_vision_fields, load_timm_beit, looks_like_beit
 
 __all__ = ["load_pretrained", "load_into", "save_pretrained", "detect_format", "official_config"]
+
+
+# tensors kept beside the model, not parameters of it (``model.auxiliary_state``: e.g. the official
+# fusion embeddings the answer/caption decoder starts from), stored as ``group.name`` keys
+AUXILIARY = "auxiliary.safetensors"
+
+
+def save_pretrained(model: nn.Module, directory: str | os.PathLike) -> Path:
+    """Our format (``model.safetensors`` + ``config.yaml``, see ``native``) plus
+    ``auxiliary.safetensors`` when the model carries ``auxiliary_state``."""
+    from safetensors.torch import save_file
+    directory = _save_native(model, directory)
+    aux = getattr(model, "auxiliary_state", None) or {}
+    tensors = {f"{group}.{name}": t.detach().to("cpu").contiguous()
+               for group, state in aux.items() for name, t in state.items()}
+    target = directory / AUXILIARY
+    if tensors:
+        save_file(tensors, str(directory / (AUXILIARY + ".tmp")), metadata={"format": "xfm-auxiliary"})
+        os.replace(directory / (AUXILIARY + ".tmp"), target)
+    elif target.exists():  # a stale file from an earlier save would attach the wrong tensors
+        target.unlink()
+    return directory
+
+
+def _attach_auxiliary(model: nn.Module, directory: Path) -> None:
+    path = directory / AUXILIARY
+    if not path.is_file():
+        return
+    aux: dict[str, dict[str, torch.Tensor]] = {}
+    for key, t in read_safetensors(path).items():
+        group, _, name = key.partition(".")
+        aux.setdefault(group, {})[name] = t
+    model.auxiliary_state = aux
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -102,6 +140,7 @@ def load_pretrained(path: str | os.PathLike, num_heads: int | None = None, *, st
             raise CheckpointError(f"{path}: num_heads is fixed by {CONFIG}; override text/fusion "
                                   f"heads explicitly if you really mean it")
         model, report = build_native(path, overrides, strict=strict)
+        _attach_auxiliary(model, path)
     elif fmt == "official":
         config = official_config(sd, source=str(path), num_heads=num_heads, **overrides)
         model = XFM(config)
@@ -143,6 +182,7 @@ def load_into(model: nn.Module, path: str | os.PathLike, *, strict: bool = False
     log.info("%s: detected checkpoint format %r", path, fmt)
     if fmt == "xfm":
         report = load_native(model, path, strict=strict)
+        _attach_auxiliary(model, path)
     elif fmt == "official":
         report = load_official_state_dict(model, sd, str(path))
     elif fmt == "hf":

@@ -14,7 +14,8 @@ Key layout: ``../shared/refdata/xfm_official_keys_{tiny,base}.json`` (XFM_METHOD
 
 Documented as unused (``report.ignored``): the caption heads ``*.lm_cap_head.*`` (generation code
 only), the fusion encoder's position/token-type embeddings and LayerNorm (its input bypasses its
-embedding layer), the ``position_ids`` and ``relative_position_index`` buffers (ours are
+embedding layer; they are kept beside the model as ``model.auxiliary_state["fusion_embeddings"]``
+because the answer/caption decoder starts from them, see ``xfm.model.decoder``), the ``position_ids`` and ``relative_position_index`` buffers (ours are
 recomputed; the index is compared with ours), and the tied duplicates ``*.lm_head.decoder.weight``
 (= that encoder's word embeddings) and ``*.lm_head.decoder.bias`` (= ``lm_head.bias``), which are
 checked to really be equal.
@@ -44,12 +45,14 @@ _HEAD_SIMPLE = {"vision_proj.": "heads.vision_proj.", "text_proj.": "heads.text_
                 F + "lm_head.layer_norm.": "heads.fusion_mlm.layer_norm.",
                 TR + "embeddings.": "text.embeddings.", TR + "encoder.": "text.encoder.",
                 FR + "encoder.": "fusion.encoder."}
+_FUSION_EMB = re.compile(rf"^{re.escape(FR)}embeddings\.(position_embeddings|token_type_embeddings|LayerNorm)\.")
 _IGNORABLE = [
     (re.compile(r"\.lm_cap_head\."), "caption head (used only by the official generation code)"),
     (re.compile(r"\.position_ids$"), "position_ids buffer"),
     (re.compile(r"relative_position_index$"), "relative_position_index buffer (recomputed, compared with ours)"),
-    (re.compile(rf"^{re.escape(FR)}embeddings\.(position_embeddings|token_type_embeddings|LayerNorm)\."),
-     "fusion encoder embeddings (bypassed: its input is the language encoder's output)"),
+    (_FUSION_EMB,
+     "fusion encoder embeddings (bypassed: its input is the language encoder's output); kept as "
+     "model.auxiliary_state['fusion_embeddings'] for the answer/caption decoder"),
 ]
 
 
@@ -131,9 +134,26 @@ def map_official(sd: Mapping[str, torch.Tensor], source: str):
     return mapped, ignored, unused
 
 
+def fusion_embeddings(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The fusion encoder's position/token-type embeddings and LayerNorm, keys without the
+    ``fusion_encoder.roberta.embeddings.`` prefix (e.g. ``position_embeddings.weight``)."""
+    prefix = FR + "embeddings."
+    return {k[len(prefix):]: v.detach().clone() for k, v in sd.items() if _FUSION_EMB.search(k)}
+
+
 def load_official_state_dict(model: nn.Module, sd: Mapping[str, torch.Tensor], source: str) -> LoadReport:
-    """Map + copy an official state dict into ``model`` (every key of ours is in scope)."""
+    """Map + copy an official state dict into ``model`` (every key of ours is in scope).
+
+    The fusion embeddings, which are no part of ``XFM``, are set on the model as
+    ``model.auxiliary_state["fusion_embeddings"]`` (plain tensors, not parameters) for
+    ``TextDecoder.from_fusion``."""
     mapped, ignored, unused = map_official(sd, source)
     check_relative_position_index(model, sd, source, src_prefix=V)
-    return apply_mapped(model, mapped, source=source, fmt="official-xfm",
-                        in_scope=lambda k: True, ignored=ignored, unused=unused)
+    report = apply_mapped(model, mapped, source=source, fmt="official-xfm",
+                          in_scope=lambda k: True, ignored=ignored, unused=unused)
+    kept = fusion_embeddings(sd)
+    if kept:
+        aux = dict(getattr(model, "auxiliary_state", None) or {})
+        aux["fusion_embeddings"] = kept
+        model.auxiliary_state = aux
+    return report
