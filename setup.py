@@ -2,7 +2,7 @@
 
 The repository keeps the folders users look for (kernels/, data_prep/, pretrain/, finetune/) but
 installs them under one import root, ``xfm``, because ``kernels``, ``finetune`` and ``configs``
-are already taken on PyPI (ARCHITECTURE.md).
+are already taken on PyPI (docs/DESIGN.md).
 """
 from setuptools import setup
 
@@ -40,7 +40,7 @@ setup(
     python_requires=">=3.10",
     packages=sorted(_pkgs),
     package_dir=_pkgs,
-    package_data={"xfm.pretrain": ["slurm/*.sbatch"], "xfm.finetune": ["slurm/*.sbatch"]},
+    package_data={"xfm": ["sizes/*.yaml"], "xfm.pretrain": ["slurm/*.sbatch"], "xfm.finetune": ["slurm/*.sbatch"]},
     install_requires=[
         "torch>=2.4,<=2.14.1",
         "torchvision",
@@ -68,6 +68,7 @@ setup(
             "xfm-pretrain=xfm.pretrain.cli:main",
             "xfm-finetune=xfm.finetune.cli:main",
             "xfm-export=xfm.pretrain.export:main",
+            "xfm-infer=xfm.infer_cli:main",
         ]
     },
 )

@@ -11,7 +11,11 @@ dropout), as the base config trains the text and fusion encoders.
 Contrastive loss, forward+backward, global batch N (d = 256), against the plain torch loss
 (``reference.contrastive_loss_reference``), with peak CUDA memory of each.
 
-Every shape is first checked against its baseline (output and every gradient), then timed.
+First, before anything is timed, the kernels' first-use self-check (``xfm.kernels.selfcheck``) runs
+for every kernel configuration the run uses and prints its verdicts: fused vs the torch reference
+in float64 on small inputs of that configuration, forward and backward. A configuration that fails
+it is what ``kernels: auto`` would replace by the reference; its timings are skipped.
+Every shape is then checked against its baseline (output and every gradient), then timed.
 Prints achieved TFLOP/s (attention: 4*B*H*Lq*Lk*D forward, 2.5x that backward; contrastive: the
 plain algorithm's 6*N^2*d) and the speed ratio of each baseline over the fused op, and ends with
 one SUMMARY table (markdown, ready for BENCHMARKS.md; ``--out`` also writes it as JSON lines).
@@ -60,7 +64,7 @@ def main(argv=None):
     import torch.nn.functional as F
 
     import xfm.kernels as K
-    from xfm.kernels import attention_triton, reference
+    from xfm.kernels import attention_triton, reference, selfcheck
 
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
     dev = torch.device("cpu" if args.smoke_cpu else "cuda")
@@ -94,6 +98,9 @@ def main(argv=None):
              ("cross 30x197 + key padding", 30, 197, "pad", 0.0),
              ("text self 30x30 + padding + dropout 0.1", 30, 30, "pad", 0.1),
              ("cross 30x197 + padding + dropout 0.1", 30, 197, "pad", 0.1)]
+    itc_sizes = [int(s) for s in args.itc_sizes.split(",")]
+    checks = run_selfchecks(selfcheck, cases, itc_sizes, args, dev, dtype)
+    failed = [r for r in checks if not r.passed]
     print(f"\nattention fwd+bwd, B={B} H={H} D={D}")
     print(f"{'case':<42} {'impl':<12} {'ms':>8} {'TFLOP/s':>8} {'fused speed-up':>15}")
     for name, Lq, Lk, kind, drop in cases:
@@ -128,6 +135,10 @@ def main(argv=None):
                 out = flash_attn_func(qt, kt, vt)
                 torch.autograd.grad(out, [qt, kt, vt], dt)
             impls["flash_attn*"] = fa
+        verdict = selfcheck.check_attention(q, k, v, mask, drop)  # cached: printed above
+        if not verdict.passed:
+            print(f"{name:<42} skipped: the fused kernel failed its self-check")
+            continue
         # correctness on this shape before timing: output and every gradient against SDPA (with
         # dropout: against the reference formula with the keep-mask the kernels draw for a seed)
         if drop:
@@ -157,12 +168,15 @@ def main(argv=None):
 
     print(f"\ncontrastive loss fwd+bwd, d={args.itc_dim}, features {args.dtype}")
     print(f"{'N':>7} {'impl':<8} {'ms':>9} {'TFLOP/s':>8} {'peak GB':>8} {'fused speed-up':>15}")
-    for n in [int(s) for s in args.itc_sizes.split(",")]:
+    for n in itc_sizes:
         torch.manual_seed(0)
         img = F.normalize(torch.randn(n, args.itc_dim, device=dev), dim=-1).to(dtype).requires_grad_()
         txt = F.normalize(torch.randn(n, args.itc_dim, device=dev), dim=-1).to(dtype).requires_grad_()
         temp = torch.tensor(0.07, device=dev, requires_grad=True)
         ids = torch.randint(0, max(1, n // 3), (n,), device=dev)
+        if not selfcheck.check_contrastive(img, txt, temp, ids).passed:
+            print(f"{n:>7} skipped: the fused loss failed its self-check")
+            continue
         flops = 6 * n * n * args.itc_dim
         res = {}
         if n <= 16384:  # the plain loss fits: check loss and gradients before timing
@@ -206,10 +220,44 @@ def main(argv=None):
                                     tflops=None, peak_gb=None, speedup=None, max_err=None, oom=True))
 
     print_summary(summary, device_name, args, time.perf_counter() - t_start)
+    print(f"self-check: {len(checks) - len(failed)} of {len(checks)} kernel configurations agree with the reference"
+          + "".join(f"\n  FAILED {r.config}: {r.problem}" for r in failed))
     if args.out:
         with open(args.out, "w") as f:
             for row in summary:
                 f.write(json.dumps(dict(row, device=device_name, dtype=args.dtype)) + "\n")
+
+
+def run_selfchecks(selfcheck, cases, itc_sizes, args, dev, dtype):
+    """The dispatcher's first-use check for every kernel configuration this run times, printed
+    before anything else. Shapes only matter through the configuration, so the probes are small
+    (at most batch 2 x 2 heads; the contrastive check picks its own small N)."""
+    import torch
+
+    print("\nself-check (first use of each kernel configuration: fused vs torch reference in float64, "
+          "small inputs, forward and backward)")
+    b, h = min(args.batch, 2), min(args.heads, 2)
+    results = []
+    for name, Lq, Lk, kind, drop in cases:
+        q = torch.zeros(b, h, Lq, args.head_dim, device=dev, dtype=dtype)
+        k = torch.zeros(b, h, Lk, args.head_dim, device=dev, dtype=dtype)
+        mask = (torch.zeros(b, 1, 1, Lk, device=dev, dtype=dtype) if kind == "pad"
+                else torch.zeros(1, h, Lq, Lk, device=dev, dtype=dtype, requires_grad=True))
+        results.append(selfcheck.check_attention(q, k, k, mask, drop))
+    for n in itc_sizes:
+        feat = torch.zeros(n, args.itc_dim, device=dev, dtype=dtype)
+        results.append(selfcheck.check_contrastive(feat, feat, torch.tensor(0.07, device=dev),
+                                                   torch.zeros(n, dtype=torch.long, device=dev)))
+    seen = set()
+    for r in results:
+        if r.config in seen:  # two cases on one compiled configuration: one check
+            continue
+        seen.add(r.config)
+        errs = ", ".join(f"{q} {e:.1e}" for q, e in r.errors.items())
+        print(f"  {'PASS' if r.passed else 'FAIL'}  {r.config}\n        on {r.shapes}: {errs or '-'}"
+              f" (tolerance {r.tolerance:.0e}, {r.seconds:.1f} s)" + ("" if r.passed else f"\n        {r.problem}"))
+    unique = {r.config: r for r in results}
+    return list(unique.values())
 
 
 def print_summary(rows, device, args, seconds):

@@ -7,14 +7,24 @@ which is how the CPU tests run the Triton code itself. ``torch`` always takes th
 takes Triton or raises a clear error saying why it cannot run: never a silent fallback.
 The backend comes from the call (``backend=``), else from ``set_backend`` / ``backend_scope``
 (which the model sets from ``ModelConfig.kernels``), else ``auto``.
+
+Self-check (``selfcheck``): the first time the Triton path is taken for a compiled configuration on
+CUDA (everywhere with ``XFM_KERNEL_SELFCHECK=1``), the fused op is compared with the reference on
+small inputs, forward and backward. If it disagrees, ``auto`` uses the reference for that
+configuration from then on, with one ``KernelSelfCheckWarning`` saying what disagreed, and
+``triton`` raises ``KernelSelfCheckError`` (on every call of that configuration: asked for the fused
+kernel, the caller gets it or an error, never silently something else).
 """
 from __future__ import annotations
 
 import contextlib
 import importlib.util
 import os
+import warnings
 
+from . import selfcheck
 from .reference import attention_reference, contrastive_loss_reference
+from .selfcheck import KernelSelfCheckWarning
 
 _VALID = ("auto", "torch", "triton")
 _backends = {"attention": "auto", "contrastive": "auto"}
@@ -22,6 +32,10 @@ _backends = {"attention": "auto", "contrastive": "auto"}
 
 class KernelUnavailableError(RuntimeError):
     """Asked for the Triton path where it cannot run."""
+
+
+class KernelSelfCheckError(KernelUnavailableError):
+    """Asked for the Triton path for a configuration whose self-check failed."""
 
 
 def triton_available() -> bool:
@@ -61,19 +75,42 @@ def backend_scope(**per_op: str):
         _backends.update(saved)
 
 
-def _resolve(op: str, backend: str | None, why_not) -> bool:
-    """True -> take Triton. ``why_not(allow_interpret)`` returns None when eligible, else the
-    reason; CPU tensors are eligible only when Triton is asked for explicitly and interpreting."""
+def _interpreter_allowed(choice: str) -> bool:
+    """Whether CPU tensors may take the Triton path: only when asked for and interpreting."""
+    return choice == "triton" and interpret_mode()
+
+
+def _resolve(op: str, backend: str | None, why_not) -> str | None:
+    """The backend (``auto``/``triton``) that takes the Triton path for this call, or None for the
+    reference. ``why_not(allow_interpret)`` returns None when the inputs are eligible, else why not."""
     choice = backend or _backends[op]
     if choice not in _VALID:
         raise ValueError(f"kernels.{op}: backend must be one of {_VALID}, got {choice!r}")
     if choice == "torch":
-        return False
-    reason = "triton is not installed" if not triton_available() else why_not(choice == "triton" and interpret_mode())
+        return None
+    reason = "triton is not installed" if not triton_available() else why_not(_interpreter_allowed(choice))
     if reason is None:
-        return True
+        return choice
     if choice == "triton":
         raise KernelUnavailableError(f"kernels.{op}=triton cannot run here: {reason}")
+    return None
+
+
+def _passes_selfcheck(op: str, choice: str, device, run_check) -> bool:
+    """Whether the checked (or unchecked, where the check is off) Triton path may run."""
+    if not selfcheck.enabled(device):
+        return True
+    result = run_check()
+    if result.passed:
+        return True
+    if choice == "triton":
+        raise KernelSelfCheckError(
+            f"kernels.{op}=triton: {result.describe()}. Use kernels.{op}=auto to run the torch reference "
+            f"for this configuration, or set {selfcheck.ENV}=0 to skip the check")
+    if not result.warned:
+        result.warned = True
+        warnings.warn(f"kernels.{op}: {result.describe()}; using the torch reference for this "
+                      "configuration in this process", KernelSelfCheckWarning, stacklevel=3)
     return False
 
 
@@ -86,9 +123,11 @@ def attention(q, k, v, mask=None, *, dropout_p: float = 0.0, scale: float | None
             return f"the Triton attention module could not be imported ({e})"
         return attention_triton.ineligible_reason(q, k, v, mask, dropout_p, allow_interpret=allow_interpret)
 
-    if _resolve("attention", backend, why_not):
-        from .attention_triton import triton_attention
-        return triton_attention(q, k, v, mask, scale=scale, dropout_p=dropout_p)
+    choice = _resolve("attention", backend, why_not)
+    if choice and _passes_selfcheck("attention", choice, q.device,
+                                    lambda: selfcheck.check_attention(q, k, v, mask, dropout_p)):
+        from . import attention_triton  # looked up per call, as the check does
+        return attention_triton.triton_attention(q, k, v, mask, scale=scale, dropout_p=dropout_p)
     return attention_reference(q, k, v, mask, dropout_p=dropout_p, scale=scale)
 
 
@@ -101,7 +140,9 @@ def contrastive_loss(image_feat, text_feat, temp, image_ids=None, *, backend: st
             return f"the Triton contrastive module could not be imported ({e})"
         return contrastive_triton.ineligible_reason(image_feat, text_feat, temp, image_ids, allow_interpret=allow_interpret)
 
-    if _resolve("contrastive", backend, why_not):
-        from .contrastive_triton import triton_contrastive_loss
-        return triton_contrastive_loss(image_feat, text_feat, temp, image_ids)
+    choice = _resolve("contrastive", backend, why_not)
+    if choice and _passes_selfcheck("contrastive", choice, image_feat.device,
+                                    lambda: selfcheck.check_contrastive(image_feat, text_feat, temp, image_ids)):
+        from . import contrastive_triton
+        return contrastive_triton.triton_contrastive_loss(image_feat, text_feat, temp, image_ids)
     return contrastive_loss_reference(image_feat, text_feat, temp, image_ids)

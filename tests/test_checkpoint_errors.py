@@ -1,6 +1,7 @@
 """Bad checkpoint inputs: each gives a CheckpointError whose message names the file and says what
 is wrong (missing path, garbage, truncated, non-tensor pickle, unknown format, wrong directory,
-shape mismatch with key and both shapes, strict key mismatches, bad config files)."""
+shape mismatch with key and both shapes, strict key mismatches, bad config files); and the load
+report stays a short digest however many keys a checkpoint has."""
 from __future__ import annotations
 
 import argparse
@@ -11,7 +12,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from test_checkpoint_official import layout, official_state_dict
-from xfm.checkpoint import CheckpointError, detect_format, load_into, load_pretrained, load_timm_beit
+from xfm.checkpoint import (CheckpointError, detect_format, load_into, load_official_state_dict, load_pretrained,
+                            load_timm_beit, official_config)
+from xfm.checkpoint.report import collapse_keys
 from xfm.model import XFM
 from xfm.model_config import model_config
 
@@ -245,3 +248,36 @@ def test_contradicting_arguments_are_named(tmp_path, tiny_sd):
     with pytest.raises(CheckpointError, match=r"x\.th: text/fusion width 48 is not a multiple of 64.*num_heads="):
         default_heads(48, "text/fusion", "x.th")
     assert default_heads(768, "text/fusion", "x.th") == 12
+
+
+def test_printed_report_is_a_short_digest(tmp_path, tiny_sd):
+    # the paper's base layout (771 keys), on the meta device
+    sd = official_state_dict(layout("base"), meta=True)
+    with torch.device("meta"):
+        model = XFM(official_config(sd, source="base layout"))
+    report = load_official_state_dict(model, sd, "base layout")
+    text = str(report)
+    lines = text.splitlines()
+    assert len(lines) < 40 and text == report.summary(), text
+    assert lines[0] == "base layout (official-xfm): 736 loaded, 0 missing, 0 unused, 36 ignored, 0 new"
+    assert "vision_encoder.blocks.{0-11}.attn.relative_position_index" in text  # layers folded
+    assert all(reason in text for reason in set(report.ignored.values()))
+    # the full lists stay on the report; its repr is counts only
+    assert len(report.loaded) == 736 and len(report.ignored) == 36
+    assert repr(report) == ("LoadReport(source='base layout', format='official-xfm', loaded=736, missing=0, "
+                            "unused=0, ignored=36, new=0)")
+
+    # a bad load: a whole encoder missing and 600 keys nobody understands, still a few lines
+    bad = {k: v for k, v in tiny_sd.items() if not k.startswith("fusion_encoder.roberta.encoder.")}
+    bad.update({f"extra.block.{i}.w{j}": torch.zeros(1) for i in range(200) for j in range(3)})
+    report = load_into(XFM(model_config("tiny")), save_official(tmp_path, bad, "bad.th"))
+    text = str(report)
+    assert len(text.splitlines()) < 40, text
+    assert len(report.unused) == 600 and len(report.missing) > 30
+    assert f"{len(report.missing)} missing, 600 unused" in text
+    assert f"MISSING ({len(report.missing)} of our keys" in text and "UNUSED (600 source keys" in text
+    assert "extra.block.{0-199}.{w0,w1,w2}  (600 keys)" in text
+    assert "fusion.encoder.layer.{0-1}.attention.self.query.{bias,weight}  (4 keys)" in text
+    assert "more patterns" in text  # the rest of the missing keys: counted, not listed
+    # the folding itself: gaps in the indices are kept, only same-module leaves are merged
+    assert collapse_keys(["a.0.w", "a.1.w", "a.3.w", "a.3.b", "t"]) == [("a.{0-1,3}.w", 3), ("a.3.b", 1), ("t", 1)]

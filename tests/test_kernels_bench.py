@@ -50,6 +50,14 @@ def test_gpu_bench_code_path_runs_in_the_interpreter():
         capture_output=True, text=True, timeout=300, env=dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1"),
     )
     assert res.returncode == 0, res.stderr[-2000:]
+    # the kernels' self-check comes first: one verdict per kernel configuration (5 attention cases,
+    # each its own compiled configuration, and the contrastive size), all passing, summed up at the end
+    out = res.stdout
+    assert out.index("self-check (first use") < out.index("attention fwd+bwd")
+    verdicts = [line.split()[0] for line in out.split("attention fwd+bwd")[0].splitlines()
+                if line.strip().startswith(("PASS", "FAIL"))]
+    assert verdicts == ["PASS"] * 6, out[:3000]
+    assert "self-check: 6 of 6 kernel configurations agree with the reference" in out
     checks = [line for line in res.stdout.splitlines() if "|triton - sdpa|" in line or "|triton - keep-mask ref|" in line]
     assert len(checks) == 5 and "dbias" in checks[1]
     # the printed errors are small: the script's own checks compare like with like

@@ -1,13 +1,19 @@
-"""The model's typed config: one small dataclass per encoder, sizes ``tiny``, ``base``, ``large``.
+"""The model's typed config: one small dataclass per encoder, and the named sizes.
 
-YAML files in ``configs/model/<size>.yaml`` hold the same values; ``model_config(name)`` returns
-the built-in ones so tests need no file. Widths: the fusion encoder runs at the language width and
-cross-attends to vision states of the vision width.
+The field defaults are the paper's base model. Each named size (``tiny``, ``base``, ``large``) is
+one YAML file shipped with the package, ``xfm/sizes/<size>.yaml``, holding only what differs from
+those defaults; ``model_config(size)`` reads it, and ``configs/model/<size>.yaml`` includes the
+same file for ``--config`` / ``model.config_path`` users, so every value is written once. Widths:
+the fusion encoder runs at the language width and cross-attends to vision states of the vision
+width.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from importlib import resources
 from typing import Literal
+
+from .config import ConfigError, load_config
 
 Backend = Literal["auto", "torch", "triton"]
 
@@ -105,36 +111,36 @@ class ModelConfig:
     kernels: KernelsConfig = field(default_factory=KernelsConfig)
 
 
-def _tiny() -> ModelConfig:
-    # matches ../shared/refdata/xfm_official_keys_tiny.json: image 32, patch 8, width 64,
-    # 2+2+2 layers, 4 heads, vocab 1000, 64 positions, embed 32
-    return ModelConfig(
-        size="tiny",
-        text=TextConfig(vocab_size=1000, hidden_size=64, num_layers=2, num_heads=4,
-                        intermediate_size=256, max_position_embeddings=64,
-                        hidden_dropout=0.0, attention_dropout=0.0),
-        vision=VisionConfig(image_size=32, patch_size=8, hidden_size=64, num_layers=2, num_heads=4,
-                            drop_path=0.0, region_attn_depth=1),
-        fusion=FusionConfig(num_layers=2, num_heads=4, intermediate_size=256,
-                            hidden_dropout=0.0, attention_dropout=0.0),
-        embed_dim=32,
-    )
+def _sizes_folder():
+    return resources.files("xfm").joinpath("sizes")
 
 
-def _large() -> ModelConfig:
-    return ModelConfig(
-        size="large",
-        text=TextConfig(hidden_size=1024, num_layers=24, num_heads=16, intermediate_size=4096),
-        vision=VisionConfig(hidden_size=1024, num_layers=24, num_heads=16, drop_path=0.2),
-        fusion=FusionConfig(num_layers=12, num_heads=16, intermediate_size=4096),
-    )
+def _packaged_sizes() -> tuple[str, ...]:
+    folder = _sizes_folder()
+    if not folder.is_dir():  # an install that left out the package data: said by model_config
+        return ()
+    return tuple(sorted(e.name[: -len(".yaml")] for e in folder.iterdir() if e.name.endswith(".yaml")))
 
 
-SIZES = {"tiny": _tiny, "base": ModelConfig, "large": _large}
+# the named sizes are the files that ship in xfm/sizes/
+SIZES = _packaged_sizes()
+
+
+def size_file(size: str):
+    """The packaged YAML file of a named size (an ``importlib.resources`` path)."""
+    if not SIZES:
+        raise FileNotFoundError(f"{_sizes_folder()}: the model size files (xfm/sizes/*.yaml) are not "
+                                "installed; reinstall xfm from a complete source tree")
+    if size not in SIZES:
+        raise ValueError(f"unknown model size {size!r}; known: {sorted(SIZES)}")
+    return _sizes_folder().joinpath(f"{size}.yaml")
 
 
 def model_config(size: str, **overrides) -> ModelConfig:
-    """Built-in size preset, with top-level field overrides (``stop_text_grad=False``...)."""
-    if size not in SIZES:
-        raise ValueError(f"unknown model size {size!r}; known: {sorted(SIZES)}")
-    return replace(SIZES[size](), **overrides)
+    """A named size read from its packaged file, with top-level field overrides
+    (``stop_text_grad=False``...)."""
+    with resources.as_file(size_file(size)) as path:
+        cfg = load_config(path, ModelConfig)
+    if cfg.size != size:
+        raise ConfigError(f"{path}: size is {cfg.size!r}, but the file is the {size!r} preset")
+    return replace(cfg, **overrides)
