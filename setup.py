@@ -44,7 +44,7 @@ setup(
     install_requires=[
         "torch>=2.4,<=2.14.1",
         "torchvision",
-        "deepspeed>=0.16",
+        "deepspeed>=0.19.8,<0.20",  # the engine patches and checks DeepSpeed internals of this range
         "transformers>=4.45",
         "tokenizers>=0.20",
         "timm>=1.0",

@@ -1,9 +1,10 @@
 """``xfm-pretrain --config configs/pretrain/<name>.yaml [--set k=v ...]``.
 
 Runs unchanged under ``deepspeed`` (which adds ``--local_rank``), ``torchrun``, SLURM ``srun``
-(rank/world/master from SLURM variables) and plain ``python`` (one process). Short flags are
-sugar for ``--set``: ``--steps N``, ``--out RUN_DIR``, ``--seed S``, ``--deterministic``;
-``--resume`` continues from RUN_DIR's latest checkpoint. After a distributed run ``main`` ends the
+(rank/world/master from SLURM variables) and plain ``python`` (one process); also as
+``python -m xfm.pretrain``. Short flags are sugar for ``--set``: ``--steps N`` (the schedule
+length), ``--stop-at STEP`` (end this invocation there), ``--out RUN_DIR``, ``--seed S``,
+``--deterministic``; ``--resume`` continues from RUN_DIR's latest checkpoint. After a distributed run ``main`` ends the
 process itself (``xfm.runtime.process.exit_without_teardown`` says why).
 """
 from __future__ import annotations
@@ -18,7 +19,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="pretraining YAML (configs/pretrain/*.yaml)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set optim.lr=2e-4 (repeatable)")
-    p.add_argument("--steps", type=int, help="total optimizer steps (= --set steps=N)")
+    p.add_argument("--steps", type=int, help="total optimizer steps: the schedule length (= --set steps=N)")
+    p.add_argument("--stop-at", type=int, metavar="STEP",
+                   help="end this invocation after STEP (checkpoint saved, exit 0); the schedule "
+                        "still runs to --steps, which a later --resume continues (= --set stop_at=STEP)")
     p.add_argument("--out", help="run directory: resolved config, metrics, checkpoints")
     p.add_argument("--resume", action="store_true", help="resume from RUN_DIR's latest checkpoint")
     p.add_argument("--seed", type=int)
@@ -33,6 +37,8 @@ def overrides_from_args(args) -> list[str]:
     ov = list(args.overrides)
     if args.steps is not None:
         ov.append(f"steps={args.steps}")
+    if args.stop_at is not None:
+        ov.append(f"stop_at={args.stop_at}")
     if args.out is not None:
         ov.append(f"out={args.out}")
     if args.seed is not None:
@@ -67,8 +73,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"xfm-pretrain: {e}", file=sys.stderr)
             return 2
     from xfm.pretrain.trainer import train
+    from xfm.runtime.checkpointing import ScheduleMismatch
 
-    summary = train(cfg, resume=args.resume)
+    try:
+        summary = train(cfg, resume=args.resume)
+    except ScheduleMismatch as e:
+        print(f"xfm-pretrain: {e}", file=sys.stderr)
+        return 2
     code = 0 if summary else 1
     from xfm.runtime.process import finish_distributed
 

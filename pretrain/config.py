@@ -12,11 +12,10 @@ from typing import Any, Literal, Optional
 
 from xfm.config import ConfigError, from_dict, load_config, to_dict, _deep_merge
 from xfm.model_config import ModelConfig, model_config
+from xfm.objectives.streams import STREAMS  # the one list of stream names
 from xfm.pretrain.data import DataConfig
 from xfm.runtime.config import ENCODERS, CheckpointConfig, EngineConfig, OptimConfig
 from xfm.runtime.config import LoggingConfig as BaseLoggingConfig
-
-STREAMS = ("text", "regions", "images", "pairs")
 
 
 @dataclass
@@ -55,8 +54,9 @@ class StreamsConfig:
     group_probs: list[float] = field(default_factory=list)
     loss_weights: dict[str, float] = field(default_factory=dict)
     # a model part (text / vision / fusion / each head) none of whose modules ran in a step
-    # group gets lr 0 in that optimizer step (what torch's AdamW does for a parameter without
-    # gradient; under ZeRO every partition steps). false: every part steps every time.
+    # group is left completely alone by that optimizer step: weights, AdamW moments and step
+    # count (what torch's AdamW does for a parameter without gradient; under ZeRO every
+    # partition would step otherwise). false: every part steps every time.
     freeze_unused_parts: bool = True
 
     def __post_init__(self):
@@ -96,7 +96,10 @@ class PretrainConfig:
     streams: StreamsConfig = field(default_factory=StreamsConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
-    steps: int = 1000
+    steps: int = 1000  # the schedule length (stored in checkpoints; see optim.reschedule)
+    # end this invocation after this step (checkpoint saved, exit 0) without touching the
+    # schedule; a later --resume continues to ``steps``
+    stop_at: Optional[int] = None
     out: str = "runs/pretrain"
     seed: int = 42
     deterministic: bool = False
@@ -104,6 +107,8 @@ class PretrainConfig:
     def __post_init__(self):
         if self.steps < 1:
             raise ValueError("steps must be >= 1")
+        if self.stop_at is not None and not 1 <= self.stop_at <= self.steps:
+            raise ValueError(f"stop_at must be in [1, steps={self.steps}], got {self.stop_at}")
 
 
 def load_pretrain_config(path: str, overrides: list[str] | None = None) -> PretrainConfig:

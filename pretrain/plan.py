@@ -1,7 +1,7 @@
 """Which streams run in a step: a pure function of (config, seed, step).
 
 ZeRO-3 hangs as soon as two ranks call different modules in a micro-step (one rank skipping the
-vision encoder waits forever for the other's all-gather; ARCHITECTURE.md). So the plan never
+vision encoder waits forever for the other's all-gather; docs/DESIGN.md, pitfalls). So the plan never
 looks at anything rank-local - no per-rank RNG, no "which loader had data" - only at the step
 number and the config, which every rank shares.
 """

@@ -5,6 +5,10 @@ running every stream of the group (fixed order) through the engine, one backward
 weighted loss, and ``engine.step()`` (DeepSpeed makes the optimizer step at the accumulation
 boundary). After each step: temperature clamp, logging, a collective check for SIGTERM/SIGUSR1
 (so all ranks agree to save at the same step) and periodic checkpoints.
+
+The lr schedule runs over ``cfg.steps`` (the schedule length, stored in every checkpoint: a
+resume that asks for another length stops unless ``optim.reschedule``); ``cfg.stop_at`` ends
+this invocation earlier without changing the schedule.
 """
 from __future__ import annotations
 
@@ -91,6 +95,11 @@ class Run:
     temp_param: Optional[torch.nn.Parameter]
 
 
+def schedule_of(cfg: PretrainConfig) -> dict:
+    """What a checkpoint records of the lr schedule (``set_lr`` depends on the step and this)."""
+    return {"total_steps": cfg.steps}
+
+
 def setup_run(cfg: PretrainConfig, resume: bool = False, *,
               model_factory: Optional[Callable] = None,
               streams_factory: Optional[Callable] = None,
@@ -100,6 +109,11 @@ def setup_run(cfg: PretrainConfig, resume: bool = False, *,
     when ``resume``. Collective: every rank calls it."""
     if cfg.logging.tensorboard:
         require_tensorboard()  # every rank, before the process group: fail at once, not in a collective
+    ckpt_dir = Path(cfg.checkpoint.dir) if cfg.checkpoint.dir else Path(cfg.out) / "checkpoints"
+    if resume:  # every rank reads the same file, before anything is built: all stop together
+        checkpointing.check_schedule(checkpointing.read_schedule(ckpt_dir), schedule_of(cfg),
+                                     allow_change=cfg.optim.reschedule, override="optim.reschedule=true",
+                                     where=str(ckpt_dir))
     set_deterministic(cfg.deterministic)
     info = init_distributed(cfg.engine.backend, cfg.engine.dist_timeout_s)
     rank, world = info.rank, info.world_size
@@ -108,7 +122,6 @@ def setup_run(cfg: PretrainConfig, resume: bool = False, *,
     device = torch.device(get_accelerator().device_name(info.local_rank)
                           if get_accelerator().device_name() != "cpu" else "cpu")
     run_dir = Path(cfg.out)
-    ckpt_dir = Path(cfg.checkpoint.dir) if cfg.checkpoint.dir else run_dir / "checkpoints"
     stream_names = cfg.streams.streams
     missing_data = [s for s in stream_names if cfg.data.stream(s) is None]
     if missing_data:
@@ -155,6 +168,7 @@ def train(cfg: PretrainConfig, resume: bool = False, *,
     model_cfg, model, engine, streams, step = run.model_cfg, run.model, run.engine, run.streams, run.step
     temp_param = run.temp_param
     rank, world = info.rank, info.world_size
+    end = cfg.steps if cfg.stop_at is None else min(cfg.stop_at, cfg.steps)  # this invocation's last step
 
     report = partition_report(model)
     (run_dir / "partitions").mkdir(parents=True, exist_ok=True) if rank == 0 else None
@@ -169,12 +183,12 @@ def train(cfg: PretrainConfig, resume: bool = False, *,
                  f"{cfg.engine.precision}, parameters {report.total_params:,} "
                  f"({report.total_params / 1e6:.2f}M), per-rank shard {report.local_params:,} "
                  f"({report.local_params / max(1, report.total_params):.1%}), streams {cfg.streams.step_groups} "
-                 f"mode {cfg.streams.mode}, steps {step}->{cfg.steps}, run dir {run_dir}")
+                 f"mode {cfg.streams.mode}, steps {step}->{end} of {cfg.steps}, run dir {run_dir}")
         print(start, flush=True)
         writer.event(event="start", world_size=world, launcher=info.launcher,
                      zero_stage=cfg.engine.zero_stage, precision=cfg.engine.precision,
                      params=report.total_params, local_params=report.local_params,
-                     start_step=step, steps=cfg.steps, resumed=resume)
+                     start_step=step, steps=cfg.steps, stop_at=cfg.stop_at, resumed=resume)
 
     input_dtype = PRECISION_DTYPES[cfg.engine.precision]
     plan_trace = None
@@ -195,7 +209,7 @@ def train(cfg: PretrainConfig, resume: bool = False, *,
     last_saved = step if resume else -1
     stopped_by = 0
     engine.train()
-    while step < cfg.steps:
+    while step < end:
         lr = set_lr(engine.optimizer, step, cfg.optim, cfg.steps)
         plan = plan_for_step(cfg.streams, cfg.seed, step)
         if plan_trace is not None:
@@ -236,18 +250,19 @@ def train(cfg: PretrainConfig, resume: bool = False, *,
         if temp_param is not None:  # every step, as the paper's in-place clamp
             _, temp_value = clamp_parameter_(temp_param, model_cfg.temp_min, model_cfg.temp_max)
         step += 1
-        stats.steps += 1
+        stats.end_step()
         if bar is not None:
             bar.update(1)
 
-        if step % cfg.logging.every == 0 or step == cfg.steps:
+        if step % cfg.logging.every == 0 or step == end:
             _log(stats, writer, step, lr, temp_value, world, streams, rank, bar)
 
         signum = stop.agreed(device)
-        save_now = signum or step == cfg.steps or (cfg.checkpoint.every and step % cfg.checkpoint.every == 0)
+        save_now = signum or step == end or (cfg.checkpoint.every and step % cfg.checkpoint.every == 0)
         if save_now and last_saved != step:
             tag = checkpointing.save(engine, ckpt_dir, step, streams.state_dict(),
-                                     {"config": str(run_dir / "config.yaml")}, cfg.checkpoint.keep_last)
+                                     {"config": str(run_dir / "config.yaml")}, cfg.checkpoint.keep_last,
+                                     schedule=schedule_of(cfg))
             last_saved = step
             if writer:
                 writer.event(event="checkpoint", step=step, tag=tag, dir=str(ckpt_dir))
@@ -261,7 +276,11 @@ def train(cfg: PretrainConfig, resume: bool = False, *,
     if bar is not None:
         bar.close()
     if writer:
-        if not stopped_by:
+        if not stopped_by and step < cfg.steps:  # --stop-at: this invocation is done, the run is not
+            writer.event(event="stopped", step=step, reason="stop_at", steps=cfg.steps)
+            print(f"xfm-pretrain: stopped at step {step} of {cfg.steps} (--stop-at); continue with --resume",
+                  flush=True)
+        elif not stopped_by:
             writer.event(event="end", step=step)
         writer.close()
     tracker.remove()
@@ -277,7 +296,7 @@ def _log(stats: IntervalStats, writer, step, lr, temp, world, streams, rank, bar
     """Collective (every rank calls): losses averaged over ranks, throughput summed."""
     elapsed = max(1e-9, time.perf_counter() - stats.t0)
     n = max(1, stats.steps)
-    local = {"losses": {k: float(v) / n for k, v in stats.losses.items()},
+    local = {"losses": stats.mean_losses(),
              "data_wait": stats.data_wait / n, "mem": memory_mb(),
              "samples": dict(stats.samples), "tokens": dict(stats.tokens),
              "counters": _numeric_counters(streams)}
@@ -295,7 +314,6 @@ def _log(stats: IntervalStats, writer, step, lr, temp, world, streams, rank, bar
         for k in keys:
             vals = [g["losses"][k] for g in gathered if k in g["losses"]]
             rec[k] = sum(vals) / len(vals)
-        rec["loss"] = sum(v for k, v in rec.items() if k.count("/") == 1 and k.startswith("loss/"))
         for s in sorted({k for g in gathered for k in g["samples"]}):
             rec[f"samples_per_s/{s}"] = sum(g["samples"].get(s, 0) for g in gathered) / elapsed
             rec[f"tokens_per_s/{s}"] = sum(g["tokens"].get(s, 0) for g in gathered) / elapsed

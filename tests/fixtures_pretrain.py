@@ -23,7 +23,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "pretrain" / "tiny.yaml"
-STEPS = 24  # "a few dozen steps" (issue 4)
+STEPS = 24  # a few dozen steps
 CKPT_EVERY = 8
 
 # DeepSpeed JIT-builds its CPU communication op into TORCH_EXTENSIONS_DIR (default
@@ -86,18 +86,20 @@ def deepspeed_cmd(nproc: int, module_args: list[str]) -> list[str]:
 
 
 def launch_pretrain(data: PretrainData, args: list[str], nproc: int = 2, timeout: float = 300,
-                    launcher: str = "torchrun", **env) -> subprocess.CompletedProcess:
-    cmd = torchrun_cmd(nproc, ["-m", "xfm.pretrain.cli", *args]) if launcher == "torchrun" else \
-        deepspeed_cmd(nproc, ["--module", "xfm.pretrain.cli", *args])
+                    launcher: str = "torchrun", module: str = "xfm.pretrain.cli", **env) -> subprocess.CompletedProcess:
+    cmd = torchrun_cmd(nproc, ["-m", module, *args]) if launcher == "torchrun" else \
+        deepspeed_cmd(nproc, ["--module", module, *args])
     return subprocess.run(cmd, cwd=REPO, env=pretrain_env(data, **env), capture_output=True, text=True,
                           timeout=timeout)
 
 
 def popen_pretrain(data: PretrainData, args: list[str], nproc: int = 2, log: Path | None = None,
-                   **env) -> subprocess.Popen:
-    """Start in its own process group (so a test can SIGKILL the launcher and its workers)."""
+                   script: str | None = None, **env) -> subprocess.Popen:
+    """Start in its own process group (so a test can SIGKILL the launcher and its workers);
+    ``script``: a Python file to run instead of ``-m xfm.pretrain.cli`` (same arguments)."""
     out = open(log, "w") if log else subprocess.DEVNULL
-    return subprocess.Popen(torchrun_cmd(nproc, ["-m", "xfm.pretrain.cli", *args]), cwd=REPO,
+    target = [script] if script else ["-m", "xfm.pretrain.cli"]
+    return subprocess.Popen(torchrun_cmd(nproc, [*target, *args]), cwd=REPO,
                             env=pretrain_env(data, **env), stdout=out, stderr=subprocess.STDOUT,
                             start_new_session=True)
 
@@ -134,6 +136,32 @@ def kill_tree(proc: subprocess.Popen, sig=None) -> None:
         except ProcessLookupError:
             pass
     proc.wait()
+
+
+def wait_for_step(proc: subprocess.Popen, run_dir: Path, step: int, log: Path, timeout: float = 240) -> int:
+    """Poll RUN_DIR/metrics.jsonl until a record of ``step`` (or later) is there; the step seen."""
+    import json
+    import time
+
+    deadline = time.time() + timeout
+    metrics = run_dir / "metrics.jsonl"
+    while time.time() < deadline:
+        if metrics.exists():
+            steps = []
+            for x in metrics.read_text().splitlines():
+                try:  # a line being written is read whole next time
+                    rec = json.loads(x)
+                except ValueError:
+                    continue
+                if "event" not in rec:
+                    steps.append(rec["step"])
+            if steps and max(steps) >= step:
+                return max(steps)
+        if proc.poll() is not None:
+            raise AssertionError(f"the run ended (rc {proc.returncode}) before step {step}:\n"
+                                 + tail(log.read_text()))
+        time.sleep(0.2)
+    raise AssertionError(f"the run never reached step {step}:\n" + tail(log.read_text()))
 
 
 def tail(proc_or_text, n: int = 4000) -> str:

@@ -5,7 +5,10 @@ The 2-rank test checks, on a small model with a 0-dim temperature like X-FM's: t
 under zero.Init (0-dim parameters crash DeepSpeed's broadcast), the deferred init_weights writes
 rank 0's values, the in-place clamp reaches the optimizer's fp32 master (the next step would undo
 it otherwise), and a parameter that gets no gradient in a step is not moved by the previous
-step's gradient (ZeRO-3 keeps stale gradient partitions; the trainer clears them).
+step's gradient (ZeRO-3 keeps stale gradient partitions; the trainer clears them). The same run
+checks ``PartwiseAdamW`` on DeepSpeed's flat fp32 partitions: the AdamW state of a part left out
+of a step stays bit-identical (weights, moments, step count) and the rest matches torch's AdamW
+(control: a plain AdamW with the lr-0 fallback moves the moments).
 """
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ import json
 import subprocess
 
 import pytest
+import torch
 
 from fixtures_pretrain import REPO, TINY, tail, torchrun_cmd
 from xfm.config import ConfigError
@@ -56,6 +60,10 @@ def test_config_errors_name_key_and_file(data_env):
         load_pretrain_config(TINY, ["model.overrides={vision: {widht: 3}}"])
     with pytest.raises(ConfigError, match=r"streams.*unknown stream 'captions'"):
         load_pretrain_config(TINY, ["streams.step_groups=[[captions]]"])
+    with pytest.raises(ConfigError, match=r"tiny.yaml.*stop_at must be in \[1, steps=10\], got 11"):
+        load_pretrain_config(TINY, ["steps=10", "stop_at=11"])
+    with pytest.raises(ConfigError, match=r"optim.*groups"):
+        load_pretrain_config(TINY, ["optim.groups=paper"])
 
 
 def test_lr_schedule_warmup_then_linear_or_cosine():
@@ -191,9 +199,70 @@ for g in engine.optimizer.param_groups:
 engine.backward(engine(x, True)); engine.step()
 with deepspeed.zero.GatheredParameters([model.t.temp]):
     assert abs(float(model.t.temp) - 0.123) < 1e-7, float(model.t.temp)
+# PartwiseAdamW on ZeRO-3's flat fp32 partitions: step 1 trains parts a and b, step 2 only a
+from deepspeed.utils import safe_get_full_optimizer_state
+from xfm.runtime.config import OptimConfig
+from xfm.runtime.optim import PartwiseAdamW, set_lr
+
+class Two(nn.Module):
+    def __init__(self, init_weights=True):
+        super().__init__(); self.a = nn.Linear(6, 6); self.b = nn.Linear(6, 5)
+        if init_weights:
+            self.init_weights()
+    def init_weights(self):
+        torch.manual_seed(1); self.a.reset_parameters(); self.b.reset_parameters()
+    def forward(self, x, use_b):
+        y = torch.tanh(self.a(x))
+        return (self.b(y) if use_b else y).pow(2).mean()
+
+two = build_model(Two, cfg, 3)
+with deepspeed.zero.GatheredParameters(list(two.parameters())):
+    ref = Two(init_weights=False)
+    ref.load_state_dict({k: v.detach().clone() for k, v in two.state_dict().items()})
+def groups(m):
+    return [{"params": list(m.a.parameters()), "part": "a", "lr_mult": 1.0},
+            {"params": list(m.b.parameters()), "part": "b", "lr_mult": 1.0}]
+skipping = sys.argv[1] == "fixed"  # the control: a plain AdamW (set_lr falls back to lr 0)
+opt = (PartwiseAdamW if skipping else torch.optim.AdamW)(groups(two), lr=0.01, weight_decay=0.1)
+ref_opt = torch.optim.AdamW(groups(ref), lr=0.01, weight_decay=0.1)
+engine2, *_ = deepspeed.initialize(model=two, optimizer=opt, config=cfg)
+ocfg = OptimConfig(lr=0.01, warmup_steps=0, decay="constant")
+x = torch.randn(3, 6, generator=torch.Generator().manual_seed(5))  # the same on both ranks
+
+def b_state():
+    z3 = engine2.optimizer
+    steps = {}
+    for i, flat in enumerate(z3.fp32_partitioned_groups_flat):
+        part = z3.optimizer.param_groups[z3.sub_group_to_group_id[i]]["part"]
+        steps[part] = float(z3.optimizer.state[flat]["step"])
+    out = {"steps": steps}
+    for n in ("weight", "bias"):
+        p = getattr(two.b, n)
+        out[n] = safe_get_full_fp32_param(p).clone()
+        for k in ("exp_avg", "exp_avg_sq"):
+            out[f"{n}.{k}"] = safe_get_full_optimizer_state(p, k).clone()
+    return out
+
+for step, use_b in enumerate((True, False)):
+    set_lr(engine2.optimizer, step, ocfg, 10, {"a", "b"} if use_b else {"a"})
+    engine2.backward(engine2(x, use_b)); engine2.step()
+    clear_grad_partitions(engine2)
+    ref_opt.zero_grad(set_to_none=True)
+    ref(x, use_b).backward(); ref_opt.step()
+    if step == 0:
+        before = b_state()
+after = b_state()
+identical = all(torch.equal(before[k], after[k]) for k in before if k != "steps")
+ref_diff = max((after[f"{n}.{k}"] - ref_opt.state[getattr(ref.b, n)][k]).abs().max().item()
+               for n in ("weight", "bias") for k in ("exp_avg", "exp_avg_sq"))
+a_diff = max((safe_get_full_fp32_param(p) - q).abs().max().item() for p, q in zip(two.a.parameters(), ref.a.parameters()))
+b_weight_diff = (after["weight"] - ref.b.weight).abs().max().item()
+partwise = {"identical": identical, "steps": after["steps"], "ref_diff": ref_diff, "a_diff": a_diff,
+            "b_weight_diff": b_weight_diff, "ref_b_step": float(ref_opt.state[ref.b.weight]["step"])}
+
 # one result file per rank (two ranks printing to one pipe interleave their lines)
 with open(os.path.join(sys.argv[2], f"rank{rank}.json"), "w") as f:
-    json.dump({"ok": True, "stale_moved": stale_moved}, f)
+    json.dump({"ok": True, "stale_moved": stale_moved, "partwise": partwise}, f)
 torch.distributed.barrier()
 torch.distributed.destroy_process_group()
 sys.stdout.flush(); sys.stderr.flush()
@@ -221,6 +290,14 @@ def test_zero3_scalar_params_init_clamp_and_stale_gradients(tmp_path, ds_comm_op
     assert all(r["stale_moved"] == 0.0 for r in results["fixed"])
     # the control: without clearing, DeepSpeed re-applies b's old gradient in step 2
     assert all(r["stale_moved"] > 1e-4 for r in results["stale"]), results["stale"]
+    for r in results["fixed"]:  # PartwiseAdamW: part b untouched in step 2, as torch's AdamW leaves it
+        pw = r["partwise"]
+        assert pw["identical"] and pw["steps"] == {"a": 2.0, "b": 1.0} and pw["ref_b_step"] == 1.0, pw
+        assert pw["ref_diff"] < 1e-7 and pw["a_diff"] < 1e-6 and pw["b_weight_diff"] < 1e-7, pw
+    for r in results["stale"]:  # the control: lr 0 keeps b's weights but decays its moments
+        pw = r["partwise"]
+        assert not pw["identical"] and pw["steps"] == {"a": 2.0, "b": 2.0} and pw["ref_diff"] > 1e-6, pw
+        assert pw["b_weight_diff"] < 1e-7, pw
 
 
 def test_metrics_lines_and_optional_tensorboard(tmp_path, data_env, capsys):
@@ -270,9 +347,41 @@ def test_resume_refuses_a_checkpoint_of_another_world_size_and_a_dangling_latest
     assert checkpointing.read_latest(tmp_path / "nothing") is None
 
 
+def test_missing_deepspeed_internals_stop_the_start_naming_the_version(monkeypatch):
+    import types
+
+    import deepspeed
+    from deepspeed.runtime.zero.partition_parameters import Init
+
+    from xfm.runtime.engine import (DeepSpeedInternalsMissing, clear_grad_partitions, require_deepspeed_internals,
+                                    require_engine_internals)
+
+    require_deepspeed_internals(3)  # the installed version has them
+    monkeypatch.delattr(Init, "_zero_init_param")
+    with pytest.raises(DeepSpeedInternalsMissing, match=rf"DeepSpeed {deepspeed.__version__} lacks "
+                                                        r"Init._zero_init_param.*deepspeed==0.19.8"):
+        require_deepspeed_internals(3)
+    require_deepspeed_internals(2)  # not needed below ZeRO-3
+    # the live attributes: a ZeRO-3 optimizer without the gradient buffer, groups without 'part'
+    opt = types.SimpleNamespace(param_groups=[{"params": [], "part": "text"}])
+    engine = types.SimpleNamespace(optimizer=opt, zero_optimization_stage=lambda: 3)
+    with pytest.raises(DeepSpeedInternalsMissing, match="grad_partitions_flat_buffer.*stale gradients"):
+        require_engine_internals(engine)
+    with pytest.raises(DeepSpeedInternalsMissing, match="grad_partitions_flat_buffer"):
+        clear_grad_partitions(engine)  # no silent skip any more
+    opt.grad_partitions_flat_buffer = torch.ones(3)
+    require_engine_internals(engine)
+    clear_grad_partitions(engine)
+    assert opt.grad_partitions_flat_buffer.sum() == 0
+    opt.param_groups.append({"params": []})
+    with pytest.raises(DeepSpeedInternalsMissing, match=r"param_groups\[i\]\['part'\]"):
+        require_engine_internals(engine)
+
+
 def test_parts_a_step_did_not_use_keep_still():
     """ZeRO steps every partition: a part without gradient in a step (zero-filled) would still
-    move by Adam momentum. The tracker + set_lr give such parts lr 0 for that step."""
+    move by Adam momentum. The tracker + set_lr mark such parts inactive for that step and
+    PartwiseAdamW (build_optimizer) skips them."""
     import torch
 
     from xfm.runtime.engine import PartTracker
@@ -364,3 +473,24 @@ def test_activation_checkpointing_per_encoder_keeps_the_gradients():
     assert with_ckpt.keys() == plain.keys() and any(n.startswith("vision.blocks") for n in plain)
     for n in plain:
         torch.testing.assert_close(with_ckpt[n], plain[n], msg=n)
+
+
+def test_schedule_length_is_checked_on_resume(tmp_path):
+    """The checkpoint's schedule against the resume's: another length is refused naming both and
+    the override; the override, and checkpoints written before the schedule was stored, pass."""
+    from xfm.runtime import checkpointing
+
+    ckpt = tmp_path / "checkpoints"
+    (ckpt / "step00000010").mkdir(parents=True)
+    torch.save({"step": 10, "rng": checkpointing.rng_state(), "streams": {}, "world_size": 1,
+                "schedule": {"total_steps": 20}}, ckpt / "step00000010" / "xfm_rank00000.pt")
+    (ckpt / "latest").write_text("step00000010\n")
+    stored = checkpointing.read_schedule(ckpt)
+    assert stored == {"total_steps": 20}
+    checkpointing.check_schedule(stored, {"total_steps": 20})
+    with pytest.raises(checkpointing.ScheduleMismatch,
+                       match=r"total_steps=20 in .*, 40 requested.*--stop-at.*--set optim.reschedule=true"):
+        checkpointing.check_schedule(stored, {"total_steps": 40}, where=str(ckpt))
+    checkpointing.check_schedule(stored, {"total_steps": 40}, allow_change=True)
+    checkpointing.check_schedule(None, {"total_steps": 40})
+    assert checkpointing.read_schedule(tmp_path / "none") is None

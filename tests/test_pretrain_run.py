@@ -2,8 +2,9 @@
 
 What must hold: losses finite and falling; every partitioned parameter split in halves over the
 two ranks; 5 pairs shards over 2 ranks (one corrupt) neither hang nor stop the run, and the bad
-shard is reported; a run SIGKILLed after a checkpoint and resumed logs exactly the losses of the
-uninterrupted run; the exported model computes what the live ZeRO-3 engine computes.
+shard is reported; a run stopped with --stop-at, resumed, SIGKILLed between checkpoints and
+resumed again logs exactly the losses of the uninterrupted run (another schedule length is
+refused); the exported model computes what the live ZeRO-3 engine computes.
 """
 from __future__ import annotations
 
@@ -12,13 +13,12 @@ import math
 import re
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 
 from fixtures_pretrain import (CKPT_EVERY, REPO, STEPS, kill_tree, launch_pretrain, popen_pretrain,
-                               pretrain_args, pretrain_env, tail, torchrun_cmd)
+                               pretrain_args, pretrain_env, tail, torchrun_cmd, wait_for_step)
 from xfm.runtime.metrics import read_metrics
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
@@ -112,38 +112,59 @@ def test_region_rows_differ_across_ranks_and_none_is_dropped(tiny_run):
         assert math.isfinite(rec["loss/regions/region_itc"]) and rec["loss/regions/region_itc"] > 0
 
 
-def test_sigkill_then_resume_reproduces_the_uninterrupted_losses(tiny_run, pretrain_data, tmp_path):
-    run_dir = tmp_path / "killed"
-    args = pretrain_args(pretrain_data, run_dir)
-    proc = popen_pretrain(pretrain_data, args, log=tmp_path / "killed.log")
-    kill_after = CKPT_EVERY + 2  # a checkpoint at CKPT_EVERY exists, the next one does not
-    deadline = time.time() + 240
-    try:
-        while time.time() < deadline:
-            if (run_dir / "metrics.jsonl").exists() and max(step_losses(run_dir) or [0]) >= kill_after:
-                break
-            assert proc.poll() is None, tail((tmp_path / "killed.log").read_text())
-            time.sleep(0.2)
-        else:
-            pytest.fail("the run never reached the kill step")
-    finally:
-        kill_tree(proc)  # launcher and both ranks, SIGKILL: no chance to save
-    latest = (run_dir / "checkpoints" / "latest").read_text().strip()
-    assert latest == f"step{CKPT_EVERY:08d}"
-    killed_at = max(step_losses(run_dir))
-    assert CKPT_EVERY < killed_at < 2 * CKPT_EVERY
-
-    resumed = launch_pretrain(pretrain_data, args + ["--resume"])
-    assert resumed.returncode == 0, tail(resumed)
-    events = [r for r in read_metrics(run_dir) if r.get("event") == "start"]
-    assert events[-1]["resumed"] and events[-1]["start_step"] == CKPT_EVERY
-
-    ref, got = step_losses(tiny_run.run_dir), step_losses(run_dir)
-    assert sorted(got) == list(range(1, STEPS + 1))
-    for step in range(CKPT_EVERY + 1, STEPS + 1):
+def assert_same_losses(got_dir, ref_dir, steps) -> None:
+    ref, got = step_losses(ref_dir), step_losses(got_dir)
+    for step in steps:
         for k in ref[step]:
             if k.startswith("loss") or k in ("lr", "temp") or k.startswith("grad_norm"):
                 assert got[step][k] == ref[step][k], (step, k, got[step][k], ref[step][k])
+
+
+def test_stop_at_then_sigkill_then_resume_reproduce_the_uninterrupted_losses(tiny_run, pretrain_data, tmp_path,
+                                                                            monkeypatch, capsys):
+    """``--steps 24 --stop-at 12`` ends at 12 (checkpoint, exit 0) with the schedule of 24; a
+    resume asking for 30 steps stops naming both lengths and the override; ``--steps 24
+    --resume`` continues, is SIGKILLed between checkpoints, and a second resume (started as
+    ``python -m xfm.pretrain``) finishes: steps 13-24 log exactly the uninterrupted run's values."""
+    run_dir = tmp_path / "stopped"
+    stop_at = CKPT_EVERY + 4  # not a checkpoint step: --stop-at saves on its own
+    args = pretrain_args(pretrain_data, run_dir)
+    first = launch_pretrain(pretrain_data, args + ["--stop-at", str(stop_at)])
+    assert first.returncode == 0, tail(first)
+    assert (run_dir / "checkpoints" / "latest").read_text().strip() == f"step{stop_at:08d}"
+    assert max(step_losses(run_dir)) == stop_at
+    stopped = [r for r in read_metrics(run_dir) if r.get("event") == "stopped"]
+    assert stopped[-1]["reason"] == "stop_at" and stopped[-1]["step"] == stop_at and stopped[-1]["steps"] == STEPS
+    assert f"stopped at step {stop_at} of {STEPS}" in first.stdout
+    assert_same_losses(run_dir, tiny_run.run_dir, range(1, stop_at + 1))  # the same schedule from step 1
+
+    # another schedule length: refused before anything starts, naming both values and the override
+    from xfm.pretrain.cli import main
+
+    monkeypatch.setenv("XFM_DATA", str(pretrain_data.xfm_data))
+    longer = [a for a in args]
+    longer[longer.index("--steps") + 1] = str(STEPS + 6)
+    assert main(longer + ["--resume"]) == 2
+    err = capsys.readouterr().err
+    assert f"total_steps={STEPS} in" in err and f"{STEPS + 6} requested" in err, err
+    assert "--set optim.reschedule=true" in err and "--stop-at" in err, err
+
+    proc = popen_pretrain(pretrain_data, args + ["--resume"], log=tmp_path / "resumed.log")
+    kill_after = 2 * CKPT_EVERY + 1  # the checkpoint of step 16 exists, the next one (24) does not
+    try:
+        wait_for_step(proc, run_dir, kill_after, tmp_path / "resumed.log")
+    finally:
+        kill_tree(proc)  # launcher and both ranks, SIGKILL: no chance to save
+    assert (run_dir / "checkpoints" / "latest").read_text().strip() == f"step{2 * CKPT_EVERY:08d}"
+    assert 2 * CKPT_EVERY < max(step_losses(run_dir)) < STEPS
+
+    final = launch_pretrain(pretrain_data, args + ["--resume"], module="xfm.pretrain")
+    assert final.returncode == 0, tail(final)
+    starts = [r for r in read_metrics(run_dir) if r.get("event") == "start"]
+    assert [(s["resumed"], s["start_step"], s["steps"]) for s in starts] == \
+        [(False, 0, STEPS), (True, stop_at, STEPS), (True, 2 * CKPT_EVERY, STEPS)]
+    assert sorted(step_losses(run_dir)) == list(range(1, STEPS + 1))
+    assert_same_losses(run_dir, tiny_run.run_dir, range(stop_at + 1, STEPS + 1))
 
 
 PROBE = r'''

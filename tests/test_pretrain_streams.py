@@ -147,3 +147,46 @@ def test_rank_dependent_stream_choice_fails_instead_of_finishing(pretrain_data, 
     assert any(s in out for s in ("Timed out", "timed out", "Timeout", "timeout", "doesn't match", "Connection reset",
                                   "Connection closed")), tail(out)
     assert not any(r.get("step") == 8 for r in read_metrics(run_dir) if "event" not in r)
+
+
+def test_one_list_of_stream_names():
+    """The stream names come from one place (xfm.objectives.streams.STREAMS); the objectives,
+    the batch-size keys of the logs, the config's check and the loaders agree with it."""
+    from xfm.objectives import BATCH_ROWS, STREAM_LOSSES, STREAMS
+    from xfm.objectives.streams import REQUIRED
+    from xfm.pretrain import config as pretrain_config
+    from xfm.pretrain.data import config as data_config
+
+    assert pretrain_config.STREAMS is STREAMS
+    assert tuple(STREAM_LOSSES) == STREAMS and tuple(BATCH_ROWS) == STREAMS and set(REQUIRED) == set(STREAMS)
+    assert all(BATCH_ROWS[s] in REQUIRED[s] for s in STREAMS)
+    assert set(data_config.STREAM_NAMES) == set(STREAMS)
+    with pytest.raises(ValueError, match=r"unknown stream 'captions'; known \['text', 'regions', 'images', 'pairs'\]"):
+        StreamsConfig(step_groups=[["captions"]])
+
+
+def test_sampled_stream_losses_average_over_the_steps_they_ran():
+    """mode: sample - a stream that ran in 1 of 4 logged steps is averaged over that step, not
+    divided by 4; ``loss`` is the mean of each step's total."""
+    from xfm.pretrain.metrics import IntervalStats
+    from xfm.pretrain.trainer import _log
+
+    class Writer:
+        recs = []
+
+        def write(self, rec):
+            self.recs.append(rec)
+
+    stats = IntervalStats()
+    ran = [("text", 2.0), ("pairs", 6.0), ("text", 4.0), ("text", 0.0)]
+    for stream, value in ran:
+        for _ in range(2):  # two accumulated micro-steps of half the value each
+            stats.add_losses({f"loss/{stream}": value / 2, f"loss/{stream}/x": value / 4})
+        stats.end_step()
+    w = Writer()
+    _log(stats, w, step=4, lr=1e-3, temp=None, world=1, streams=object(), rank=0, bar=None)
+    rec = w.recs[0]
+    assert rec["loss/text"] == 2.0 and rec["loss/text/x"] == 1.0  # (2 + 4 + 0) / 3 steps
+    assert rec["loss/pairs"] == 6.0 and rec["loss/pairs/x"] == 3.0  # ran once
+    assert rec["loss"] == 3.0  # (2 + 6 + 4 + 0) / 4 steps
+    assert stats.steps == 0 and not stats.losses  # reset for the next interval

@@ -1,6 +1,7 @@
 """Per-stream composers: encode each input once, then sum nothing - return the named losses.
 
-``STREAM_LOSSES[stream](model, batch, ctx) -> dict[str, Tensor]`` (scalars). The engine weighs
+``STREAMS`` is the one list of stream names (the pretraining config, loaders and logs take it
+from here); ``STREAM_LOSSES[stream](model, batch, ctx) -> dict[str, Tensor]`` (scalars). The engine weighs
 and sums them. Loss names: pairs ``itc itm mlm mim``; regions ``region_itc region_itm
 region_mlm bbox_l1 bbox_giou``; text ``text_mlm``; images ``mim``. ``mim`` appears only when
 ``config.mim`` is on; the images stream has no other objective and refuses to run without it.
@@ -11,6 +12,13 @@ import torch
 
 from .losses import (LossContext, bbox_losses, encode_text_for_fusion, fusion_mlm_loss, itc_loss,
                      itm_loss, mim_loss, text_mlm_loss)
+
+# the data streams, in the order a step runs them by default (also the order of the per-stream
+# sampling salts: changing it changes which hard negatives a seed draws)
+STREAMS = ("text", "regions", "images", "pairs")
+
+# the batch field whose first dimension counts a stream's samples (regions: region rows)
+BATCH_ROWS = {"text": "text_ids_masked", "regions": "text_ids", "images": "image", "pairs": "image"}
 
 REQUIRED = {
     "pairs": ("image", "text_ids", "text_mask", "text_ids_masked", "mlm_labels", "image_ids", "mim_mask"),
@@ -94,8 +102,13 @@ def images_losses(model, batch: dict, ctx: LossContext | None = None) -> dict:
 
 
 STREAM_LOSSES = {
-    "pairs": pairs_losses,
-    "regions": regions_losses,
     "text": text_losses,
+    "regions": regions_losses,
     "images": images_losses,
+    "pairs": pairs_losses,
 }
+
+
+def batch_rows(stream: str, batch: dict) -> int:
+    """How many samples (regions: region rows) a stream's batch holds."""
+    return int(batch[BATCH_ROWS[stream]].shape[0])

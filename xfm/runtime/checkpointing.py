@@ -7,11 +7,13 @@ Layout of ``CKPT_DIR``::
         xfm_rank00000.pt, xfm_rank00001.pt                                 (ours, one per rank)
     latest                      the tag of the newest complete checkpoint
 
-Ours per rank: the step, every RNG (python, numpy, torch CPU and accelerator) and every stream's
-position (``StreamSet.state_dict``), which are rank-local so they cannot live in DeepSpeed's
-``client_state`` (only rank 0 writes that). ``latest`` is written last, through a temporary file
-and ``os.replace``, after a barrier: a run killed in the middle of a save resumes from the
-previous complete checkpoint. The lr schedule is a pure function of the step (engine.set_lr).
+Ours per rank: the step, every RNG (python, numpy, torch CPU and accelerator), every stream's
+position (``StreamSet.state_dict``) and the schedule (``{"total_steps": N}``: the lr schedule is
+a pure function of the step and its length, ``xfm.runtime.optim.set_lr``), which are rank-local
+or needed before the engine exists, so they do not live in DeepSpeed's ``client_state`` (only
+rank 0 writes that). ``latest`` is written last, through a temporary file and ``os.replace``,
+after a barrier: a run killed in the middle of a save resumes from the previous complete
+checkpoint.
 """
 from __future__ import annotations
 
@@ -63,15 +65,49 @@ def _write_latest(ckpt_dir: Path, tag: str) -> None:
     os.replace(tmp, ckpt_dir / LATEST)
 
 
+class ScheduleMismatch(ValueError):
+    """A resume asks for another schedule than the checkpoint was trained with."""
+
+
+def read_schedule(ckpt_dir: str | os.PathLike, tag: str | None = None) -> dict | None:
+    """The schedule stored with checkpoint ``tag`` (default: the latest), read without an engine
+    (so a mismatch stops the run before anything is built); None for a checkpoint without one."""
+    ckpt_dir = Path(ckpt_dir)
+    tag = tag or read_latest(ckpt_dir)
+    if tag is None:
+        return None
+    own = ckpt_dir / tag / f"xfm_rank{0:05d}.pt"
+    if not own.exists():
+        return None
+    return torch.load(own, map_location="cpu", weights_only=False).get("schedule")
+
+
+def check_schedule(stored: dict | None, requested: dict, *, allow_change: bool = False,
+                   override: str = "optim.reschedule=true", where: str = "the checkpoint") -> None:
+    """Raise ``ScheduleMismatch`` naming both values and ``override`` when ``requested``
+    differs from ``stored`` (and the change was not asked for)."""
+    if stored is None or allow_change:
+        return
+    diff = {k: (stored[k], requested[k]) for k in requested if k in stored and stored[k] != requested[k]}
+    if diff:
+        what = ", ".join(f"{k}={old} in {where}, {new} requested" for k, (old, new) in diff.items())
+        raise ScheduleMismatch(
+            f"resume: the schedule differs ({what}). The lr schedule depends on its length, so "
+            f"resuming with another one changes the lr of every remaining step. To end this run "
+            f"earlier use --stop-at STEP (the schedule stays); to change the length on purpose pass "
+            f"--set {override}")
+
+
 def save(engine, ckpt_dir: str | os.PathLike, step: int, streams_state: dict, meta: dict,
-         keep_last: int = 0) -> str:
-    """Collective: every rank must call it. Returns the tag written."""
+         keep_last: int = 0, *, schedule: dict | None = None) -> str:
+    """Collective: every rank must call it. Returns the tag written. ``schedule`` (e.g.
+    ``{"total_steps": N}``) is stored with every rank's state (``read_schedule``)."""
     ckpt_dir = Path(ckpt_dir)
     tag = tag_for(step)
     rank = dist.get_rank() if dist.is_initialized() else 0
     engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state={"xfm_step": step, **meta},
                            save_latest=False)
-    own = {"step": step, "rng": rng_state(), "streams": streams_state,
+    own = {"step": step, "rng": rng_state(), "streams": streams_state, "schedule": schedule,
            "world_size": dist.get_world_size() if dist.is_initialized() else 1}
     tmp = ckpt_dir / tag / f".xfm_rank{rank:05d}.pt.tmp"
     torch.save(own, tmp)

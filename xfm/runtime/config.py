@@ -10,7 +10,7 @@ ENCODERS = ("text", "vision", "fusion")
 
 @dataclass
 class OptimConfig:
-    """AdamW with parameter groups (XFM_METHOD.md, "Optimisation")."""
+    """AdamW with parameter groups and the lr schedule (xfm.runtime.optim)."""
 
     lr: float = 1e-4
     betas: tuple[float, float] = (0.9, 0.98)
@@ -19,9 +19,17 @@ class OptimConfig:
     # parameters whose name starts with one of these get lr * lr_mult (new heads + temperature)
     lr_mult: float = 2.0
     lr_mult_prefixes: list[str] = field(default_factory=lambda: ["heads."])
+    # which parameters get no weight decay (xfm.runtime.optim): "original" = the original X-FM
+    # code's substring rule on the official names (the paper's recipe); "clean" = biases, every
+    # normalisation layer and scalars
+    groups: Literal["original", "clean"] = "clean"
     warmup_steps: int = 2500
     decay: Literal["linear", "cosine", "constant"] = "linear"
     min_lr_ratio: float = 0.0  # the lr decays to lr * min_lr_ratio at the last step
+    # the schedule length is stored in every checkpoint; a resume that asks for another length
+    # stops with an error unless this is true (then the schedule is recomputed for the new length
+    # from the resumed step on: the lr jumps to where the new schedule is at that step)
+    reschedule: bool = False
 
     def __post_init__(self):
         if self.lr <= 0 or self.lr_mult <= 0:

@@ -2,7 +2,7 @@
 and a plain ``python`` (one process).
 
 ``deepspeed.init_distributed`` reads ``RANK``/``WORLD_SIZE``/``MASTER_ADDR`` but ignores SLURM's
-variables (ARCHITECTURE.md, pitfalls), so under ``srun`` we map them ourselves: rank =
+variables (docs/DESIGN.md, pitfalls), so under ``srun`` we map them ourselves: rank =
 ``SLURM_PROCID``, local rank = ``SLURM_LOCALID``, world = ``SLURM_NTASKS``, master = the first
 host of ``scontrol show hostnames $SLURM_JOB_NODELIST``.
 """

@@ -1,6 +1,6 @@
 """The DeepSpeed engine shared by pretraining and fine-tuning: model under ``zero.Init``, AdamW parameter groups, DS config.
 
-ZeRO-3 rules followed here (ARCHITECTURE.md, pitfalls):
+ZeRO-3 rules followed here (docs/DESIGN.md, pitfalls):
 - the model is constructed inside ``deepspeed.zero.Init`` so each rank only ever allocates its
   own slice of every parameter (no rank holds the whole base model);
 - a full parameter is only touched inside ``GatheredParameters`` (weight loading, the in-place
@@ -9,6 +9,11 @@ ZeRO-3 rules followed here (ARCHITECTURE.md, pitfalls):
 - the optimizer is a client ``torch.optim.AdamW`` (a config ``"AdamW"`` JIT-compiles a C++ op),
   with ``zero_force_ds_cpu_optimizer: false`` so DeepSpeed accepts it on CPU;
 - ``gradient_clipping`` is always written (DeepSpeed 0.19.3+ silently defaults it to 1.0).
+
+Three of these fixes use private DeepSpeed attributes (``require_deepspeed_internals`` lists
+them): a DeepSpeed that renamed one would silently bring a bug back (stale gradients, a crash
+in ``zero.Init``), so the engine checks they exist when it starts and stops with a message
+naming the installed version otherwise. Tested with deepspeed ``TESTED_DEEPSPEED``.
 """
 from __future__ import annotations
 
@@ -23,6 +28,65 @@ from torch import nn
 from xfm.config import _deep_merge
 from xfm.runtime.config import EngineConfig, OptimConfig
 from xfm.runtime.optim import build_optimizer, part_of
+
+TESTED_DEEPSPEED = "0.19.8"
+
+# (owner, attribute, what needs it); owner "Init" = deepspeed.zero.Init's class, "stage3" = the
+# ZeRO-3 optimizer class, "z3 optimizer" / "z3 parameter" = attributes of live objects
+_STAGE3_CLASS_ATTRS = [
+    ("Init", "_zero_init_param", "broadcasting 0-dim parameters (the temperature) under zero.Init"),
+    ("Init", "_convert_to_deepspeed_param", "broadcasting 0-dim parameters under zero.Init"),
+    ("Init", "get_partition_dp_group", "broadcasting 0-dim parameters under zero.Init"),
+    ("stage3", "_get_fp32_opt_state_partition", "writing the clamped temperature into the fp32 master"),
+]
+
+
+class DeepSpeedInternalsMissing(RuntimeError):
+    """The installed DeepSpeed lacks a private attribute a ZeRO fix here relies on."""
+
+
+def _internals_error(missing: list[tuple[str, str, str]]) -> DeepSpeedInternalsMissing:
+    import deepspeed
+
+    lines = "; ".join(f"{owner}.{attr} (needed for {why})" for owner, attr, why in missing)
+    return DeepSpeedInternalsMissing(
+        f"DeepSpeed {deepspeed.__version__} lacks {lines}. xfm's ZeRO fixes are written against "
+        f"deepspeed {TESTED_DEEPSPEED} (setup.py pins the tested range): install it "
+        f"(pip install 'deepspeed=={TESTED_DEEPSPEED}') rather than run without the fix")
+
+
+def require_deepspeed_internals(zero_stage: int) -> None:
+    """Stop before anything is built when a class attribute a fix needs is missing."""
+    if zero_stage != 3:
+        return
+    from deepspeed.runtime.zero.partition_parameters import Init
+    from deepspeed.runtime.zero.stage3 import DeepSpeedZeroOptimizer_Stage3
+
+    owners = {"Init": Init, "stage3": DeepSpeedZeroOptimizer_Stage3}
+    missing = [(o, a, why) for o, a, why in _STAGE3_CLASS_ATTRS if not hasattr(owners[o], a)]
+    if missing:
+        raise _internals_error(missing)
+
+
+def require_engine_internals(engine, model: nn.Module | None = None) -> None:
+    """After ``deepspeed.initialize``: the live attributes the fixes read, and our parameter
+    groups' keys reaching the client optimizer (``PartwiseAdamW`` reads ``active`` there)."""
+    opt = getattr(engine, "optimizer", None)
+    missing = []
+    stage = engine.zero_optimization_stage() if hasattr(engine, "zero_optimization_stage") else 0
+    if stage == 3:
+        if not hasattr(opt, "grad_partitions_flat_buffer"):
+            missing.append(("z3 optimizer", "grad_partitions_flat_buffer",
+                            "clearing stale gradients of parameters unused in a step"))
+        params = list(model.parameters()) if model is not None else []
+        if params and not any(hasattr(p, "_z3_optimizer") for p in params):
+            missing.append(("z3 parameter", "_z3_optimizer", "writing the clamped temperature into the fp32 master"))
+    groups = getattr(opt, "param_groups", None) or []
+    if groups and not all("part" in g for g in groups):
+        missing.append(("optimizer", "param_groups[i]['part']",
+                        "leaving model parts without gradient untouched (the client's groups must be used)"))
+    if missing:
+        raise _internals_error(missing)
 
 
 def deepspeed_config(engine: EngineConfig, world_size: int) -> dict:
@@ -150,6 +214,7 @@ def build_model(model_factory: Callable[..., nn.Module], ds_config: dict, zero_s
 
     if zero_stage != 3:
         return model_factory(init_weights=True)
+    require_deepspeed_internals(zero_stage)
     with _scalar_params_zero_init(), deepspeed.zero.Init(config_dict_or_path=ds_config):
         model = model_factory(init_weights=False)
     _init_weights_gathered(model)
@@ -279,8 +344,10 @@ def initialize(module: nn.Module, model: nn.Module, optim: OptimConfig, ds_confi
     ``module`` is the training wrapper (it owns ``model``)."""
     import deepspeed
 
+    require_deepspeed_internals(ds_config.get("zero_optimization", {}).get("stage", 0))
     optimizer = build_optimizer(model, optim)
     engine, optimizer, _, _ = deepspeed.initialize(model=module, optimizer=optimizer, config=ds_config)
+    require_engine_internals(engine, model)
     return engine, optimizer
 
 
@@ -291,7 +358,13 @@ def clear_grad_partitions(engine) -> None:
     DeepSpeed 0.19.8's stage 3 copies each reduced gradient into that buffer but never clears it,
     so a parameter that gets no gradient in the next step (the vision encoder during the text
     step of the paper's two-step schedule) is updated again with its previous step's gradient
-    (and it enters the next clip norm). Measured: tests/test_pretrain_engine.py."""
-    buf = getattr(getattr(engine, "optimizer", None), "grad_partitions_flat_buffer", None)
+    (and it enters the next clip norm). Measured: tests/test_pretrain_engine.py. Under ZeRO-3 a
+    DeepSpeed without that buffer is an error (``require_engine_internals``), not a silent skip."""
+    opt = getattr(engine, "optimizer", None)
+    stage = engine.zero_optimization_stage() if hasattr(engine, "zero_optimization_stage") else None
+    if stage == 3 and not hasattr(opt, "grad_partitions_flat_buffer"):
+        raise _internals_error([("z3 optimizer", "grad_partitions_flat_buffer",
+                                 "clearing stale gradients of parameters unused in a step")])
+    buf = getattr(opt, "grad_partitions_flat_buffer", None)
     if buf is not None:
         buf.zero_()
