@@ -169,6 +169,12 @@ def task_state_from_dir(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
     path = Path(path)
     sd = read_safetensors(path / WEIGHTS)
+    # tied tensors are stored once; their other names come back from the file's metadata
+    from safetensors import safe_open
+
+    with safe_open(str(path / WEIGHTS), "pt") as f:
+        tied = json.loads((f.metadata() or {}).get("tied") or "{}")
+    sd.update({alias: sd[source] for alias, source in tied.items() if source in sd and alias not in sd})
     out = {}
     for k, v in sd.items():
         out[("head." + k[len(HEAD_PREFIX):]) if k.startswith(HEAD_PREFIX) else "xfm." + k] = v

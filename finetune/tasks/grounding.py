@@ -3,8 +3,9 @@
 Model: the pretraining box head on fusion token 0 of (full picture, phrase):
 ``model.xfm.predict_bbox`` gives a sigmoid (cx, cy, w, h) in [0, 1] of the picture the model
 saw. Loss: L1 summed over the 4 coordinates + (1 - GIoU), each averaged over the batch, as the
-original. The language encoder is trained (fine-tuning has no stop-gradient). Only the box head
-of the pretraining heads is kept (the others would never receive a gradient).
+original. The language encoder is trained (fine-tuning has no stop-gradient). The other
+pretraining heads stay in the model unused, so a fine-tuned ``best/`` is a whole X-FM model
+(``XFM.from_pretrained`` loads it; its box head is the fine-tuned one).
 
 Data (``layout``):
 - ``json``: X-VLM rows ``{image, text, bbox, ref_id, split?}`` from ``files[split]``; when
@@ -27,6 +28,7 @@ original picture and scored with the original inclusive-pixel IoU; ``acc`` = sha
 """
 from __future__ import annotations
 
+import json
 import math
 import random
 from dataclasses import dataclass, field, replace
@@ -43,7 +45,7 @@ from xfm.finetune.images import eval_transform, load_image, normalise, swap_left
 from xfm.finetune.metrics import (box_iou_inclusive, grounding_accuracy, grounding_accuracy_by_split,
                                   normalized_cxcywh_to_xywh)
 from xfm.finetune.registry import register
-from xfm.finetune.task import Task, TaskModel, prune_backbone, text_capacity
+from xfm.finetune.task import Task, text_capacity
 from xfm.finetune.tasks.glue import pad_ids
 from xfm.objectives.losses import giou_loss
 
@@ -188,13 +190,6 @@ class GroundingTask(Task):
     main_metric = "acc"
     float_inputs = ("image",)
 
-    def build_model(self, xfm) -> TaskModel:
-        prune_backbone(xfm, self.parts)
-        for name, _ in list(xfm.heads.named_children()):
-            if name != "bbox":
-                setattr(xfm.heads, name, None)
-        return TaskModel(self, xfm, None)
-
     def read_split(self, split: str):
         examples = read_grounding_split(self.task_cfg, split)
         if not examples:
@@ -229,9 +224,14 @@ class GroundingTask(Task):
     def predict(self, model, batch, ctx):
         return {"box": self.boxes(model, batch), "size": batch["size"]}
 
-    def compute_metrics(self, outputs, split, dataset):
+    @staticmethod
+    def pixel_boxes(outputs) -> np.ndarray:
+        """Predicted [x, y, w, h] in pixels of each original picture."""
         size = outputs["size"].double().numpy()
-        pred = normalized_cxcywh_to_xywh(outputs["box"].double().numpy(), size[:, 0], size[:, 1])
+        return normalized_cxcywh_to_xywh(outputs["box"].double().numpy(), size[:, 0], size[:, 1])
+
+    def compute_metrics(self, outputs, split, dataset):
+        pred = self.pixel_boxes(outputs)
         gt = np.array([ex.bbox for ex in dataset.examples], dtype=np.float64)
         metrics = {"acc": grounding_accuracy(pred, gt, IOU_THRESHOLD),
                    "mean_iou": float(np.mean(box_iou_inclusive(pred, gt)))}
@@ -240,3 +240,20 @@ class GroundingTask(Task):
             for name, value in grounding_accuracy_by_split(pred, gt, names, IOU_THRESHOLD).items():
                 metrics[f"acc_{name}"] = value
         return metrics
+
+    def write_predictions(self, runner, split, outputs, dataset):
+        """``RUN_DIR/grounding_<split>.json``: per phrase its ref_id, split, predicted and true
+        [x, y, w, h] pixel boxes and their IoU (the original writes its predictions too)."""
+        if not runner.is_main:
+            return
+        pred = self.pixel_boxes(outputs)
+        gt = np.array([ex.bbox for ex in dataset.examples], dtype=np.float64)
+        iou = np.atleast_1d(box_iou_inclusive(pred, gt))
+        rows = [{"ref_id": ex.ref_id, "split": ex.split, "text": ex.text, "pred": [float(v) for v in p],
+                 "bbox": [float(v) for v in ex.bbox], "iou": float(i)}
+                for ex, p, i in zip(dataset.examples, pred, iou)]
+        runner.run_dir.mkdir(parents=True, exist_ok=True)
+        path = runner.run_dir / f"grounding_{split}.json"
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(rows, indent=1) + "\n")
+        tmp.replace(path)
