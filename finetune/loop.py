@@ -202,11 +202,12 @@ def prepare(cfg, task_cls, task_cfg, *, resume: bool = False, eval_only: bool = 
         model_cfg = backbone.model.config
         if info.rank == 0:
             host_task = task_cls(cfg, task_cfg, model_cfg, tokenizer)
+            seed_everything(cfg.seed)  # the new head's init: a function of --seed, whatever the launcher did
             host = host_task.build_model(backbone.model)
             state = host.state_dict()
             fresh = new_keys(host, task_cls.head_prefixes)
             report_lines.append(backbone.report_text)
-            report_lines.append(f"task {task_cls.name}: {len(fresh)} new tensor(s), randomly initialised: "
+            report_lines.append(f"task {task_cls.name}: {len(fresh)} new tensor(s), {task_cls.head_init}: "
                                 + (", ".join(fresh) if fresh else "none"))
             del host
         del backbone
@@ -221,11 +222,11 @@ def prepare(cfg, task_cls, task_cfg, *, resume: bool = False, eval_only: bool = 
 
     model = build_model(factory, ds_config, cfg.engine.zero_stage)
     set_encoder_checkpointing(getattr(model, "xfm", model), cfg.engine.activation_checkpointing)
-    if not resume or state is not None:
-        missing = load_state_from_rank0(model, state, info.rank, strict=False)
-        missing = [k for k in missing if not k.endswith("heads.text_mlm.decoder.weight")]  # tied
-        if missing:
-            raise ValueError(f"{ckpt}: {len(missing)} tensor(s) of the {task_cls.name} model missing, e.g. {missing[:5]}")
+    # every rank joins (collective); on --resume the engine checkpoint then overwrites the weights
+    missing = load_state_from_rank0(model, state, info.rank, strict=False)
+    missing = [k for k in missing if not k.endswith("heads.text_mlm.decoder.weight")]  # tied
+    if missing:
+        raise ValueError(f"{ckpt}: {len(missing)} tensor(s) of the {task_cls.name} model missing, e.g. {missing[:5]}")
     seed_everything(cfg.seed + 1000003 * info.rank)
     groups = finetune_param_groups(model, cfg.optim, task_cls.head_prefixes)
     engine, _ = _build_engine(cfg, model, groups, ds_config)

@@ -66,6 +66,8 @@ class Task:
     float_inputs: ClassVar[tuple[str, ...]] = ("image",)
     # prefixes of the parameters that are new for this task (head lr multiplier, load report)
     head_prefixes: ClassVar[tuple[str, ...]] = ("head.",)
+    # how the head starts, for the load report
+    head_init: ClassVar[str] = "randomly initialised"
 
     def __init__(self, cfg, task_cfg, model_cfg, tokenizer):
         self.cfg = cfg

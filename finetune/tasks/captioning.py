@@ -145,6 +145,7 @@ class CaptionEvalSet(torch.utils.data.Dataset):
 @register("captioning")
 class CaptioningTask(Task):
     Config = CaptioningConfig
+    head_init = "copied from the fusion encoder layers and the fusion MLM head (the answer/caption decoder)"
     parts = ("vision",)
     main_metric = "CIDEr"
     float_inputs = ("image",)

@@ -31,6 +31,7 @@ from typing import Literal, Optional
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image, ImageOps
 from torch import nn
 
 from xfm.finetune.formats import DataFormatError, read_image_folder
@@ -121,6 +122,27 @@ def split_folder(cfg: ImageFoldersConfig, split: str) -> str:
         raise ValueError(f"split {split!r} has no folder: task.split_dirs has {sorted(cfg.split_dirs)} "
                          f"(point train.eval_split / train.test_split at one of them)")
     return os.path.join(cfg.root, cfg.split_dirs[split])
+
+
+def posterize_any_bits(img: Image.Image, bits_to_keep: int, **_) -> Image.Image:
+    """timm's posterize op for every level its RandAugment draws. The increasing-posterize level
+    maps magnitude 10 (m9 + noise, clipped at 10) to 0 bits, which Pillow turned into a black
+    image (a zero bit mask) until it started rejecting 0; this keeps the old result."""
+    if bits_to_keep >= 8:
+        return img
+    if bits_to_keep <= 0:
+        return Image.new(img.mode, img.size)  # every bit masked off: black
+    return ImageOps.posterize(img, bits_to_keep)
+
+
+def with_zero_bit_posterize(transform):
+    """Point the posterize ops of a timm transform (a Compose holding a RandAugment) at
+    ``posterize_any_bits``; only this transform's op objects change."""
+    for t in getattr(transform, "transforms", []):
+        for op in getattr(t, "ops", []):
+            if "Posterize" in getattr(op, "name", ""):
+                op.aug_fn = posterize_any_bits
+    return transform
 
 
 def eval_image_transform(cfg: ImageFoldersConfig, size: int):
@@ -214,9 +236,10 @@ class ImageClsTask(Task):
         from timm.data import create_transform
 
         c = self.task_cfg
-        return create_transform(self.image_size, is_training=True, scale=tuple(c.crop_scale), hflip=c.hflip,
-                                auto_augment=c.auto_augment, interpolation="bicubic", re_prob=c.reprob,
-                                re_mode=c.remode, re_count=c.recount, mean=tuple(c.mean), std=tuple(c.std))
+        return with_zero_bit_posterize(create_transform(
+            self.image_size, is_training=True, scale=tuple(c.crop_scale), hflip=c.hflip, auto_augment=c.auto_augment,
+            interpolation="bicubic", re_prob=c.reprob, re_mode=c.remode, re_count=c.recount, mean=tuple(c.mean),
+            std=tuple(c.std)))
 
     def dataset(self, split, train):
         folder = read_split(self.task_cfg, split, self.classes)

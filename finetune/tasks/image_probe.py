@@ -12,7 +12,8 @@ and a base model: 1.28M x 1536 x 4 bytes = 7.9 GB in float32; ``float16`` halves
 
 The encoder's parameters have ``requires_grad`` False: the optimizer holds only the head, and
 epochs after the first never touch the encoder. Heads: ``linear`` (the usual probe) or ``mlp``
-(the X-FM classifier MLP, which its linear-probing recipe trained).
+(the X-FM classifier MLP, which its linear-probing recipe trained), each after a fixed
+standardisation of the features by the training set's statistics (``standardize``).
 """
 from __future__ import annotations
 
@@ -36,8 +37,30 @@ CACHE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": 
 @dataclass
 class ImageProbeConfig(ImageFoldersConfig):
     head: Literal["linear", "mlp"] = "linear"
+    # standardise each feature by the training set's mean / std before the head (the statistics
+    # are buffers of the head, saved with it; MAE's probe uses a BatchNorm without affine for this)
+    standardize: bool = True
     cache_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     smoothing: float = 0.0  # label smoothing of the cross-entropy
+
+
+class FeatureStandardizer(nn.Module):
+    """(x - mean) / std with fixed per-feature statistics (identity until ``set_stats``)."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("std", torch.ones(dim))
+
+    @torch.no_grad()
+    def set_stats(self, features: torch.Tensor) -> None:
+        x = features.float()
+        self.mean.copy_(x.mean(0))
+        self.std.copy_(x.std(0, unbiased=False) + self.eps)
+
+    def forward(self, x):
+        return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
 
 
 class CachedFeatures(torch.utils.data.Dataset):
@@ -78,8 +101,12 @@ class ImageProbeTask(Task):
     def build_head(self, xfm):
         d_in = 2 * self.model_cfg.vision.hidden_size
         if self.task_cfg.head == "mlp":
-            return classification_head(d_in, len(self.classes))
-        return nn.Linear(d_in, len(self.classes))
+            head = classification_head(d_in, len(self.classes))
+        else:
+            head = nn.Sequential(nn.Linear(d_in, len(self.classes)))
+        if self.task_cfg.standardize:
+            head.insert(0, FeatureStandardizer(d_in))
+        return head
 
     def build_model(self, xfm):
         model = super().build_model(xfm)
@@ -133,7 +160,9 @@ class ImageProbeTask(Task):
         return out
 
     def on_train_start(self, runner):
-        self.compute_features(runner, "train")
+        feats = self.compute_features(runner, "train")
+        if self.task_cfg.standardize:  # every rank holds every feature: the same statistics
+            runner.model.head[0].set_stats(feats)
 
     def evaluate(self, runner, split):
         self.compute_features(runner, split)

@@ -212,6 +212,7 @@ class VqaEvalSet(torch.utils.data.Dataset):
 @register("vqa")
 class VqaTask(Task):
     Config = VqaConfig
+    head_init = "copied from the fusion encoder layers and the fusion MLM head (the answer/caption decoder)"
     parts = ("text", "vision", "fusion")
     main_metric = "acc"
     float_inputs = ("image",)
