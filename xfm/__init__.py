@@ -11,6 +11,9 @@ def __getattr__(name):
     if name == "XFM":
         from .model import XFM
         return XFM
+    if name == "Pipeline":
+        from .pipeline import Pipeline
+        return Pipeline
     if name in ("ModelConfig", "model_config"):
         from . import model_config as mc
         return getattr(mc, name)
