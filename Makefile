@@ -12,7 +12,7 @@ export OMP_NUM_THREADS ?= 1
 export DS_ACCELERATOR ?= cpu
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install test demo clean-venv
+.PHONY: install test test-long demo clean-venv
 
 $(STAMP): setup.py
 	test -x $(VPY) || $(PY) -m venv $(VENV)
@@ -24,7 +24,12 @@ $(STAMP): setup.py
 install: $(STAMP)
 
 test: $(STAMP)
-	$(VPY) -m pytest -q tests $(PYTEST_ARGS)
+	$(VPY) -m pytest -q tests -m "not long" $(PYTEST_ARGS)
+
+# the tests that take minutes each on 2 cores: the shortened demo end to end, compiled steps
+# under DeepSpeed ZeRO-2/3 and with activation checkpointing
+test-long: $(STAMP)
+	$(VPY) -m pytest -q tests -m long $(PYTEST_ARGS)
 
 demo: $(STAMP)
 	bash scripts/demo.sh

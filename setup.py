@@ -55,7 +55,8 @@ setup(
         "tqdm",
         "pillow",
         "numpy",
-        "pycocoevalcap",  # BLEU / CIDEr-D scorers for captioning (pure Python ones; no Java needed)
+        "pycocoevalcap",
+        "matplotlib",  # the demo's loss curves and retrieval examples  # BLEU / CIDEr-D scorers for captioning (pure Python ones; no Java needed)
     ],
     extras_require={
         "triton": ["triton>=3.8"],

@@ -164,8 +164,12 @@ def _build_engine(cfg, module, optim_groups, ds_config):
 
     opt = cfg.optim
     groups = [{k: v for k, v in g.items() if k != "names"} for g in optim_groups]
-    optimizer = torch.optim.AdamW(groups, lr=opt.lr, betas=tuple(opt.betas), eps=opt.eps,
-                                  weight_decay=opt.weight_decay)
+    from deepspeed.accelerator import get_accelerator
+
+    from xfm.runtime.optimizers import make_adamw
+
+    optimizer = make_adamw(groups, opt.impl, opt.lr, tuple(opt.betas), opt.eps, opt.weight_decay,
+                           device=get_accelerator().device_name())
     with _broadcast_scalar_params():
         engine, optimizer, _, _ = deepspeed.initialize(model=module, optimizer=optimizer, config=ds_config)
     return engine, optimizer

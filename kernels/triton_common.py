@@ -32,7 +32,7 @@ def upcast_dot(dtype: torch.dtype) -> bool:
 
     On a GPU, half inputs go to the tensor cores as they are (fp32 accumulation); fp32/fp64 use
     IEEE products (no TF32) so the fused op matches the fp32 reference. Under the interpreter
-    everything is upcast: its bf16 arithmetic is wrong (ARCHITECTURE.md, Kernels).
+    everything is upcast: its bf16 arithmetic is wrong (docs/DESIGN.md, Kernels).
     """
     return INTERPRETED or dtype in (torch.float32, torch.float64)
 

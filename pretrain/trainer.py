@@ -257,7 +257,9 @@ def train(cfg: PretrainConfig, resume: bool = False, *,
         if step % cfg.logging.every == 0 or step == end:
             _log(stats, writer, step, lr, temp_value, world, streams, rank, bar)
 
-        signum = stop.agreed(device)
+        # the stop request is a collective + host read: agree on it on logging steps only (a
+        # SIGTERM / SIGUSR1 is then acted on within logging.every steps; SLURM warns 5 min ahead)
+        signum = stop.agreed(device) if step % cfg.logging.every == 0 or step == end else 0
         save_now = signum or step == end or (cfg.checkpoint.every and step % cfg.checkpoint.every == 0)
         if save_now and last_saved != step:
             tag = checkpointing.save(engine, ckpt_dir, step, streams.state_dict(),

@@ -1,7 +1,7 @@
-"""Official X-FM checkpoints: layout from ../shared/refdata, config inference, parity, round trip.
+"""Official X-FM checkpoints: layout from tests/data, config inference, parity, round trip.
 
 The official-layout checkpoints are built here from the key tables in
-``../shared/refdata/xfm_official_keys_{tiny,base}.json`` (rows ``[key, shape, kind, dtype,
+``tests/data/xfm_official_keys_{tiny,base}.json`` (rows ``[key, shape, kind, dtype,
 tied_to]``): tiny with random tensors written to a real ``.th`` file, base on the meta device
 (shapes only, nothing allocated). Parity is checked against independent references: HF
 ``RobertaModel`` for the language encoder, timm ``Beit`` for the vision encoder, and a small
@@ -25,11 +25,10 @@ from xfm.checkpoint import (CheckpointError, load_official_state_dict, official_
 from xfm.model import XFM
 from xfm.model_config import model_config
 
-# the key tables: $XFM_REFDATA, else a copy in tests/data/, else ../shared/refdata beside the repo
-_REFDATA_DIRS = [os.environ.get("XFM_REFDATA", ""), Path(__file__).parent / "data",
-                 Path(__file__).resolve().parents[2] / "shared" / "refdata"]
+# the key tables: $XFM_REFDATA (another copy), else the one in tests/data/
+_REFDATA_DIRS = [os.environ.get("XFM_REFDATA", ""), Path(__file__).parent / "data"]
 
-# what the adapter may leave out of an official checkpoint, and nothing else (XFM_METHOD.md)
+# what the adapter may leave out of an official checkpoint, and nothing else (docs/METHOD.md)
 DOCUMENTED_UNUSED = (
     lambda k: ".lm_cap_head." in k,
     lambda k: k.startswith("fusion_encoder.roberta.embeddings.") and "word_embeddings" not in k,
@@ -214,7 +213,7 @@ def test_vision_encoder_matches_timm_beit(tiny_official, tiny_loaded):
 
 
 def official_fusion_reference(sd, text_states, text_mask, image_states, image_mask, heads=4):
-    """The official fusion encoder + ITM head, transcribed from XFM_METHOD.md: text states enter
+    """The official fusion encoder + ITM head, transcribed from docs/METHOD.md: text states enter
     as they are (no embeddings); per layer post-LN self-attention (mask (1-m)*-10000),
     cross-attention to the image tokens (mask (1-m)*-1e9), GELU FFN; ITM = Linear -> LayerNorm
     -> GELU -> Linear on token 0."""

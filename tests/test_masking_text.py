@@ -313,7 +313,7 @@ def test_whole_word_spans_count_tokens_then_widen_to_words():
 
 
 def test_paper_rates_are_the_defaults(boundaries):
-    """XFM_METHOD.md: text MLM 15% (max 20), 80/10/10, spans of 2-3 tokens with p 0.2, whole
+    """docs/METHOD.md: text MLM 15% (max 20), 80/10/10, spans of 2-3 tokens with p 0.2, whole
     words; fusion MLM 50% (max 15)."""
     assert TEXT_MLM == {"mask_prob": 0.15, "max_masks": 20}
     assert FUSION_MLM == {"mask_prob": 0.5, "max_masks": 15}

@@ -200,7 +200,7 @@ def test_base_on_meta_has_paper_parameter_count():
     paper = count_parameters(m, paper=True)
     print(f"base: {count_parameters(m) / 1e6:.3f}M stored, {paper / 1e6:.3f}M as the paper counts")
     assert all(p.is_meta for p in m.parameters())
-    # XFM_METHOD.md: 327M = the official checkpoint's parameters minus the fusion encoder's
+    # docs/METHOD.md: 327M = the official checkpoint's parameters minus the fusion encoder's
     # (unused) embeddings and the two caption heads, counted here from the official base layout
     rows = json.loads((Path(__file__).parent / "data" / "xfm_official_keys_base.json").read_text())
     official = {r[0]: math.prod(r[1]) for r in rows if r[2] == "param" and r[4] is None}
@@ -296,7 +296,7 @@ def test_bad_model_config_is_rejected():
 
 def test_attention_masks_use_the_official_constants(monkeypatch):
     """Text self-attention (language and fusion encoders) masks padding with (1-m)*-10000, the
-    fusion cross-attention and box-restricted vision attention with (1-m)*-1e9 (XFM_METHOD.md)."""
+    fusion cross-attention and box-restricted vision attention with (1-m)*-1e9 (docs/METHOD.md)."""
     m = tiny()
     seen = []
     real = xfm.kernels.attention

@@ -82,11 +82,20 @@ def sample_hard_negatives(sim_i2t: torch.Tensor, sim_t2i: torch.Tensor,
         raise ValueError(f"sample_hard_negatives: sim_i2t is {tuple(sim_i2t.shape)} but sim_t2i is "
                          f"{tuple(sim_t2i.shape)}")
     positives = positive_mask(batch, image_ids, sim_i2t.device)
-    # one host sync for the whole batch (not one per row) to give a clear error instead of
-    # torch.multinomial's "invalid multinomial distribution"
-    has_negative = (~positives).any(dim=1)
-    if not bool(has_negative.all()):
-        bad = (~has_negative).nonzero().flatten().tolist()
+    # A clear error instead of torch.multinomial's "invalid multinomial distribution". Without
+    # ids only a batch of one lacks negatives (known from the shape: no device read); with ids
+    # the check reads them where they are, so it costs a host synchronisation only when the ids
+    # live on an accelerator (callers that want none pass ids kept on the host).
+    if image_ids is None:
+        no_negative = [0] if batch < 2 else []
+    else:
+        host_ids = image_ids.reshape(-1)
+        host_pos = positives if host_ids.device.type == "cpu" and positives.device.type == "cpu" else \
+            positive_mask(batch, host_ids.cpu(), "cpu")
+        has_negative = (~host_pos).any(dim=1)
+        no_negative = [] if bool(has_negative.all()) else (~has_negative).nonzero().flatten().tolist()
+    if no_negative:
+        bad = no_negative
         raise NoNegativeError(
             f"sample_hard_negatives: {len(bad)} of {batch} samples have no negative "
             f"(rows {bad[:8]}{'...' if len(bad) > 8 else ''}): every other sample in the batch "

@@ -30,7 +30,7 @@ __all__ = [
 
 IGNORE_INDEX = -100  # label of positions that are not predicted (torch cross_entropy default)
 
-# Rates of the paper (XFM_METHOD.md): text MLM on the text stream, fusion MLM on captions.
+# Rates of the paper (docs/METHOD.md): text MLM on the text stream, fusion MLM on captions.
 TEXT_MLM = dict(mask_prob=0.15, max_masks=20)
 FUSION_MLM = dict(mask_prob=0.5, max_masks=15)
 

@@ -109,6 +109,17 @@ class ModelConfig:
     # activation checkpointing per encoder (set by the engine config)
     grad_checkpointing: bool = False
     kernels: KernelsConfig = field(default_factory=KernelsConfig)
+    # torch.compile each repeated block of the three encoders (regional compilation, see
+    # xfm.model.compile); off by default: compiling costs start-up time and pays only where
+    # measured (bench/step_speed.py)
+    compile: bool = False
+    # LayerNorm implementation in the encoders: "torch" (nn.LayerNorm) or "apex" (NVIDIA apex's
+    # FusedLayerNorm, CUDA only, an optional install: xfm.model.norms says how)
+    norm_impl: Literal["torch", "apex"] = "torch"
+
+    def __post_init__(self):
+        if self.norm_impl not in ("torch", "apex"):
+            raise ValueError(f"model.norm_impl must be 'torch' or 'apex', got {self.norm_impl!r}")
 
 
 def _sizes_folder():

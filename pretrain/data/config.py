@@ -2,7 +2,7 @@
 
 One ``StreamConfig`` per stream (``pairs``, ``regions``, ``text``, ``images``; ``None`` = stream
 off), each a weighted list of ``SourceConfig`` shard sets. Defaults follow the paper
-(XFM_METHOD.md): 30 tokens for captions and phrases, 128 for text, RandomResizedCrop(0.2-1,
+(docs/METHOD.md): 30 tokens for captions and phrases, 128 for text, RandomResizedCrop(0.2-1,
 bicubic) + flip + RandAugment(2, 7) without colour ops, fusion MLM 50% / at most 15 tokens, text
 MLM 15% / at most 20, BEiT block masking of 75 of 196 patches.
 """

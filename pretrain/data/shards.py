@@ -1,7 +1,7 @@
 """Shard lists, their split over ranks and workers, and seeded, resumable reading.
 
 Why not ``wds.WebDataset(resampled=True)``: its shard order is not reproducible across runs and
-it records no position, so it cannot resume exactly (ARCHITECTURE.md, pitfalls). Here each
+it records no position, so it cannot resume exactly (docs/DESIGN.md, pitfalls). Here each
 (rank, loader worker) owns a fixed slice of every source - whole shards, or, when the source has
 fewer shards than there are (rank, worker) readers, a fixed subset of the samples of one or two
 shards - and reads it epoch after epoch in an order drawn from (seed, stream, rank, worker,

@@ -1,6 +1,6 @@
 """The official X-FM checkpoints (``torch.save({'model': state_dict, ...})``) -> our model.
 
-Key layout: ``../shared/refdata/xfm_official_keys_{tiny,base}.json`` (XFM_METHOD.md). Mapping:
+Key layout: ``tests/data/xfm_official_keys_{tiny,base}.json`` (docs/METHOD.md). Mapping:
 
 | official | ours |
 |---|---|

@@ -13,6 +13,8 @@ import torch.nn.functional as F
 
 from xfm import kernels
 
+from .norms import is_layer_norm, layer_norm
+
 
 def split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
     b, n, c = x.shape
@@ -51,10 +53,10 @@ class BertSelfAttention(nn.Module):
 class BertSelfOutput(nn.Module):
     """dense -> dropout -> LayerNorm(x + residual) (post-LN)."""
 
-    def __init__(self, in_size: int, hidden_size: int, eps: float, dropout: float):
+    def __init__(self, in_size: int, hidden_size: int, eps: float, dropout: float, norm_impl: str = "torch"):
         super().__init__()
         self.dense = nn.Linear(in_size, hidden_size)
-        self.LayerNorm = nn.LayerNorm(hidden_size, eps=eps)
+        self.LayerNorm = layer_norm(hidden_size, eps, norm_impl)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x, residual):
@@ -63,10 +65,10 @@ class BertSelfOutput(nn.Module):
 
 class BertAttention(nn.Module):
     def __init__(self, hidden_size, num_heads, eps, hidden_dropout, attention_dropout,
-                 kv_size=None, backend=None):
+                 kv_size=None, backend=None, norm_impl="torch"):
         super().__init__()
         self.self = BertSelfAttention(hidden_size, num_heads, attention_dropout, kv_size, backend)
-        self.output = BertSelfOutput(hidden_size, hidden_size, eps, hidden_dropout)
+        self.output = BertSelfOutput(hidden_size, hidden_size, eps, hidden_dropout, norm_impl)
 
     def forward(self, hidden, mask=None, context=None):
         return self.output(self.self(hidden, mask, context), hidden)
@@ -85,18 +87,18 @@ class BertLayer(nn.Module):
     """self-attention [-> cross-attention to ``context``] -> FFN, each post-LN."""
 
     def __init__(self, hidden_size, num_heads, intermediate_size, eps, hidden_dropout,
-                 attention_dropout, cross_kv_size: int | None = None, backend=None):
+                 attention_dropout, cross_kv_size: int | None = None, backend=None, norm_impl="torch"):
         super().__init__()
         self.attention = BertAttention(hidden_size, num_heads, eps, hidden_dropout,
-                                       attention_dropout, backend=backend)
+                                       attention_dropout, backend=backend, norm_impl=norm_impl)
         if cross_kv_size is not None:
             self.crossattention = BertAttention(hidden_size, num_heads, eps, hidden_dropout,
                                                 attention_dropout, kv_size=cross_kv_size,
-                                                backend=backend)
+                                                backend=backend, norm_impl=norm_impl)
         else:
             self.crossattention = None
         self.intermediate = BertIntermediate(hidden_size, intermediate_size)
-        self.output = BertSelfOutput(intermediate_size, hidden_size, eps, hidden_dropout)
+        self.output = BertSelfOutput(intermediate_size, hidden_size, eps, hidden_dropout, norm_impl)
 
     def forward(self, hidden, mask=None, context=None, context_mask=None):
         hidden = self.attention(hidden, mask)
@@ -137,6 +139,6 @@ def init_bert_weights(module: nn.Module, std: float = 0.02) -> None:
             if m.padding_idx is not None:
                 with torch.no_grad():
                     m.weight[m.padding_idx].zero_()
-        elif isinstance(m, nn.LayerNorm):
+        elif is_layer_norm(m):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)

@@ -17,14 +17,15 @@ from .masks import CROSS_MASK_VALUE, TEXT_MASK_VALUE, additive_key_mask
 
 
 class FusionEncoder(nn.Module):
-    def __init__(self, cfg: FusionConfig, text: TextConfig, vision_width: int, backend: str | None = None):
+    def __init__(self, cfg: FusionConfig, text: TextConfig, vision_width: int, backend: str | None = None,
+                 norm_impl: str = "torch"):
         super().__init__()
         if text.hidden_size % cfg.num_heads:
             raise ValueError(f"fusion.num_heads {cfg.num_heads} does not divide the text width {text.hidden_size}")
         self.encoder = BertStack([
             BertLayer(text.hidden_size, cfg.num_heads, cfg.intermediate_size, text.layer_norm_eps,
                       cfg.hidden_dropout, cfg.attention_dropout, cross_kv_size=vision_width,
-                      backend=backend)
+                      backend=backend, norm_impl=norm_impl)
             for _ in range(cfg.num_layers)])
 
     def forward(self, text_states, text_mask, image_states, image_mask=None) -> torch.Tensor:

@@ -11,6 +11,7 @@ import torch.nn as nn
 from xfm.model_config import TextConfig
 
 from .bert import BertLayer, BertStack, init_bert_weights
+from .norms import layer_norm
 from .masks import TEXT_MASK_VALUE, additive_key_mask
 
 
@@ -21,7 +22,7 @@ def roberta_position_ids(ids: torch.Tensor, pad_id: int) -> torch.Tensor:
 
 
 class TextEmbeddings(nn.Module):
-    def __init__(self, cfg: TextConfig):
+    def __init__(self, cfg: TextConfig, norm_impl: str = "torch"):
         super().__init__()
         self.position_style = cfg.position_style
         self.pad_token_id = cfg.pad_token_id
@@ -31,7 +32,7 @@ class TextEmbeddings(nn.Module):
         pos_pad = cfg.pad_token_id if cfg.position_style == "roberta" else None
         self.position_embeddings = nn.Embedding(cfg.max_position_embeddings, cfg.hidden_size, padding_idx=pos_pad)
         self.token_type_embeddings = nn.Embedding(cfg.type_vocab_size, cfg.hidden_size)
-        self.LayerNorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.LayerNorm = layer_norm(cfg.hidden_size, cfg.layer_norm_eps, norm_impl)
         self.dropout = nn.Dropout(cfg.hidden_dropout)
 
     def position_ids(self, ids: torch.Tensor) -> torch.Tensor:
@@ -56,13 +57,13 @@ class TextEmbeddings(nn.Module):
 class TextEncoder(nn.Module):
     """ids (B,L), mask (B,L) 1 = real token -> last hidden state (B,L,Dt)."""
 
-    def __init__(self, cfg: TextConfig, backend: str | None = None):
+    def __init__(self, cfg: TextConfig, backend: str | None = None, norm_impl: str = "torch"):
         super().__init__()
         self.config = cfg
-        self.embeddings = TextEmbeddings(cfg)
+        self.embeddings = TextEmbeddings(cfg, norm_impl)
         self.encoder = BertStack([
             BertLayer(cfg.hidden_size, cfg.num_heads, cfg.intermediate_size, cfg.layer_norm_eps,
-                      cfg.hidden_dropout, cfg.attention_dropout, backend=backend)
+                      cfg.hidden_dropout, cfg.attention_dropout, backend=backend, norm_impl=norm_impl)
             for _ in range(cfg.num_layers)])
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -36,6 +36,7 @@ from xfm.model_config import VisionConfig
 
 from .bert import merge_heads
 from .masks import CROSS_MASK_VALUE, additive_key_mask
+from .norms import is_layer_norm, layer_norm
 
 
 class BeitAttention(nn.Module):
@@ -75,13 +76,14 @@ class BeitAttention(nn.Module):
 
 
 class BeitBlock(nn.Module):
-    def __init__(self, cfg: VisionConfig, drop_path: float, backend: str | None = None):
+    def __init__(self, cfg: VisionConfig, drop_path: float, backend: str | None = None,
+                 norm_impl: str = "torch"):
         super().__init__()
         dim = cfg.hidden_size
-        self.norm1 = nn.LayerNorm(dim, eps=cfg.layer_norm_eps)
+        self.norm1 = layer_norm(dim, cfg.layer_norm_eps, norm_impl)
         self.attn = BeitAttention(dim, cfg.num_heads, cfg.grid, backend)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-        self.norm2 = nn.LayerNorm(dim, eps=cfg.layer_norm_eps)
+        self.norm2 = layer_norm(dim, cfg.layer_norm_eps, norm_impl)
         self.mlp = Mlp(dim, int(dim * cfg.mlp_ratio), act_layer=nn.GELU)
         self.gamma_1 = nn.Parameter(torch.full((dim,), cfg.layer_scale_init))
         self.gamma_2 = nn.Parameter(torch.full((dim,), cfg.layer_scale_init))
@@ -103,7 +105,7 @@ def _with_pooled(patches: torch.Tensor, box: torch.Tensor | None = None) -> torc
 
 
 class VisionEncoder(nn.Module):
-    def __init__(self, cfg: VisionConfig, backend: str | None = None):
+    def __init__(self, cfg: VisionConfig, backend: str | None = None, norm_impl: str = "torch"):
         super().__init__()
         if not 0 <= cfg.region_attn_depth <= cfg.num_layers:
             raise ValueError(f"vision.region_attn_depth {cfg.region_attn_depth} must lie in "
@@ -116,8 +118,8 @@ class VisionEncoder(nn.Module):
         n = cfg.num_layers
         # stochastic depth rising linearly to cfg.drop_path (python floats: works on meta)
         rates = [cfg.drop_path * i / max(n - 1, 1) for i in range(n)]
-        self.blocks = nn.ModuleList([BeitBlock(cfg, rates[i], backend) for i in range(n)])
-        self.fc_norm = nn.LayerNorm(dim, eps=cfg.layer_norm_eps)
+        self.blocks = nn.ModuleList([BeitBlock(cfg, rates[i], backend, norm_impl) for i in range(n)])
+        self.fc_norm = layer_norm(dim, cfg.layer_norm_eps, norm_impl)
         self.grad_checkpointing = False
 
     @property
@@ -182,7 +184,7 @@ class VisionEncoder(nn.Module):
                 trunc_normal_(m.weight, std=0.02)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
+            elif is_layer_norm(m):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
         trunc_normal_(self.cls_token, std=0.02)

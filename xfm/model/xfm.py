@@ -7,6 +7,7 @@ DeepSpeed engine wrapping the model can be called directly.
 
 Kernels: ``config.kernels.attention`` other than ``auto`` is passed to every attention call;
 ``auto`` passes nothing, so ``xfm.kernels.set_backend``/``backend_scope`` decide.
+Compilation: ``config.compile`` compiles each encoder block in place (``xfm.model.compile``).
 Meta device: ``with torch.device("meta"): XFM(cfg)`` builds without memory. ``to_empty`` and
 ``load_state_dict(..., assign=True)`` both replace Parameter objects (which unties the text MLM
 decoder from the word embeddings) and leave the non-persistent relative position index empty, so:
@@ -42,13 +43,17 @@ class XFM(nn.Module):
             raise TypeError(f"XFM needs a ModelConfig or a size name, got {type(config).__name__}")
         self.config = config
         attn = None if config.kernels.attention == "auto" else config.kernels.attention
-        self.text = TextEncoder(config.text, backend=attn)
-        self.vision = VisionEncoder(config.vision, backend=attn)
-        self.fusion = FusionEncoder(config.fusion, config.text, config.vision.hidden_size, backend=attn)
+        norm = config.norm_impl
+        self.text = TextEncoder(config.text, backend=attn, norm_impl=norm)
+        self.vision = VisionEncoder(config.vision, backend=attn, norm_impl=norm)
+        self.fusion = FusionEncoder(config.fusion, config.text, config.vision.hidden_size, backend=attn,
+                                    norm_impl=norm)
         self.heads = Heads(config, tied_word_embeddings=self.text.embeddings.word_embeddings.weight)
         self.set_grad_checkpointing(config.grad_checkpointing)
         if init_weights:
             self.init_weights()
+        if config.compile:
+            self.compile_blocks()
 
     # ----------------------------------------------------------------------------- set-up
     def init_weights(self) -> None:
@@ -74,6 +79,13 @@ class XFM(nn.Module):
         self.text.encoder.grad_checkpointing = bool(enable)
         self.fusion.encoder.grad_checkpointing = bool(enable)
         self.vision.grad_checkpointing = bool(enable)
+
+    def compile_blocks(self, **compile_kwargs) -> int:
+        """``torch.compile`` every encoder block in place (``config.compile`` does this at
+        construction); see ``xfm.model.compile``. Returns the number of blocks."""
+        from .compile import compile_blocks
+        self.config = replace(self.config, compile=True)
+        return compile_blocks(self, **compile_kwargs)
 
     @classmethod
     def from_pretrained(cls, path, num_heads: int | None = None, **overrides) -> "XFM":

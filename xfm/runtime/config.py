@@ -30,6 +30,8 @@ class OptimConfig:
     # stops with an error unless this is true (then the schedule is recomputed for the new length
     # from the resumed step on: the lr jumps to where the new schedule is at that step)
     reschedule: bool = False
+    # AdamW implementation (xfm.runtime.optimizers): auto = torch's fused kernel on CUDA, plain on CPU
+    impl: Literal["auto", "torch", "torch_fused", "deepspeed_fused", "apex_fused"] = "auto"
 
     def __post_init__(self):
         if self.lr <= 0 or self.lr_mult <= 0:

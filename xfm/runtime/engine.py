@@ -339,13 +339,19 @@ def clamp_parameter_(param: nn.Parameter, lo: float, hi: float) -> tuple[bool, f
     return changed, float(clamped.reshape(-1)[0])
 
 
+def _accelerator_device() -> str:
+    from deepspeed.accelerator import get_accelerator
+
+    return get_accelerator().device_name()
+
+
 def initialize(module: nn.Module, model: nn.Module, optim: OptimConfig, ds_config: dict):
     """``deepspeed.initialize`` with the client AdamW built from ``model``'s parameter groups.
     ``module`` is the training wrapper (it owns ``model``)."""
     import deepspeed
 
     require_deepspeed_internals(ds_config.get("zero_optimization", {}).get("stage", 0))
-    optimizer = build_optimizer(model, optim)
+    optimizer = build_optimizer(model, optim, device=_accelerator_device())
     engine, optimizer, _, _ = deepspeed.initialize(model=module, optimizer=optimizer, config=ds_config)
     require_engine_internals(engine, model)
     return engine, optimizer

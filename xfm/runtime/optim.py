@@ -123,8 +123,8 @@ def lr_factor(step: int, optim: OptimConfig, total_steps: int) -> float:
     return optim.min_lr_ratio + (1.0 - optim.min_lr_ratio) * shape
 
 
-class PartwiseAdamW(torch.optim.AdamW):
-    """``torch.optim.AdamW`` that skips every param group whose ``active`` is False.
+class SkipInactiveGroups:
+    """Mixin in front of an AdamW class: skips every param group whose ``active`` is False.
 
     torch's AdamW leaves a parameter without gradient completely untouched (weights, moments and
     step count). Under ZeRO every parameter has a gradient partition in every step (zeros for
@@ -147,6 +147,10 @@ class PartwiseAdamW(torch.optim.AdamW):
         finally:
             for g, params in hidden:
                 g["params"] = params
+
+
+class PartwiseAdamW(SkipInactiveGroups, torch.optim.AdamW):
+    """``torch.optim.AdamW`` that skips inactive groups (see ``SkipInactiveGroups``)."""
 
 
 def _skips_inactive(optimizer) -> bool:
@@ -175,8 +179,13 @@ def set_lr(optimizer, step: int, optim: OptimConfig, total_steps: int, active_pa
     return optim.lr * f
 
 
-def build_optimizer(model: nn.Module, optim: OptimConfig) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, optim: OptimConfig, device=None) -> torch.optim.Optimizer:
+    """The client AdamW (``optim.impl``) over ``param_groups``, skipping inactive groups.
+    ``device``: where the parameters live (under ZeRO-3 they are empty partitions, so pass the
+    accelerator's device name); None: the first parameter's device."""
+    from xfm.runtime.optimizers import make_adamw
+
     groups = param_groups(model, optim)
     torch_groups = [{k: v for k, v in g.items() if k != "names"} for g in groups]
-    return PartwiseAdamW(torch_groups, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps,
-                         weight_decay=optim.weight_decay)
+    return make_adamw(torch_groups, optim.impl, optim.lr, tuple(optim.betas), optim.eps,
+                      optim.weight_decay, device, base=SkipInactiveGroups)
