@@ -134,3 +134,14 @@ def text_capacity(model_cfg, max_len: int) -> int:
     text = model_cfg.text
     offset = text.pad_token_id + 1 if text.position_style == "roberta" else 0
     return max(2, min(max_len, text.max_position_embeddings - offset))
+
+
+def pad_ids(seqs: list[list[int]], pad_id: int, width: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad token id lists to ``width`` (default: the longest) -> (ids, 0/1 mask)."""
+    width = width or max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for r, s in enumerate(seqs):
+        ids[r, :len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[r, :len(s)] = 1
+    return ids, mask

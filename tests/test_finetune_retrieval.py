@@ -67,7 +67,7 @@ def tiny_task(prepared_world):
 
 def _brute_force_scores(task, model, split, k):
     """The protocol written out plainly: one fusion call per (query, candidate) pair."""
-    from xfm.finetune.tasks.retrieval import pad_ids
+    from xfm.finetune.task import pad_ids
 
     data = task.dataset(split, False)
     images = torch.stack([data.images[i]["image"] for i in range(len(data.images))])

@@ -17,18 +17,11 @@ from .fields import get_id, get_str, get_str_list
 from .files import as_paths, load_records
 from .images import ImageRef, resolve
 from .karpathy import TRAIN_SPLITS, read_karpathy
-from .retrieval import number_images, karpathy_train_rows, xvlm_train_rows
+from .retrieval import RetrievalPair, number_images, karpathy_train_rows, xvlm_train_rows
 
 
-@dataclass(frozen=True)
-class CaptionPair:
-    image: ImageRef
-    caption: str
-    image_id: int                   # index of the distinct image, 0.. in order of appearance
-    origin: str = field(default="", compare=False, repr=False)
-
-    def image_refs(self):
-        yield self.origin, "image", self.image
+# a training caption is the same record as a retrieval training pair: picture, caption, image index
+CaptionPair = RetrievalPair
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,7 @@ from xfm.finetune.images import TrainAugment, TrainTransform, eval_transform, lo
 from xfm.finetune.metrics import caption_scores
 from xfm.finetune.registry import register
 from xfm.finetune.task import Task, TaskModel, prune_backbone, text_capacity
-from xfm.finetune.tasks.glue import pad_ids
+from xfm.finetune.task import pad_ids
 from xfm.finetune.tasks.vqa import build_decoder, decode_texts, decoder_for_inference
 from xfm.model.decoder import decoder_labels
 from xfm.model.generation import generate

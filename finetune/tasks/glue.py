@@ -17,7 +17,7 @@ from torch import nn
 from xfm.finetune.formats import glue_task as glue_format, read_glue
 from xfm.finetune.metrics import glue_main_metric, glue_metrics
 from xfm.finetune.registry import register
-from xfm.finetune.task import Task, text_capacity
+from xfm.finetune.task import Task, pad_ids, text_capacity
 
 
 @dataclass
@@ -57,16 +57,6 @@ class TokenPairs(torch.utils.data.Dataset):
         enc = self.tokenizer(ex.text_a, ex.text_b, truncation=True, max_length=self.max_len)
         label = ex.label if ex.label is not None else (0.0 if self.regression else -100)
         return {"ids": enc["input_ids"], "label": label}
-
-
-def pad_ids(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for r, s in enumerate(seqs):
-        ids[r, :len(s)] = torch.tensor(s, dtype=torch.long)
-        mask[r, :len(s)] = 1
-    return ids, mask
 
 
 def mlp_head(d_in: int, d_hidden: int, d_out: int, eps: float = 1e-12) -> nn.Sequential:

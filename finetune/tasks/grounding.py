@@ -46,7 +46,7 @@ from xfm.finetune.metrics import (box_iou_inclusive, grounding_accuracy, groundi
                                   normalized_cxcywh_to_xywh)
 from xfm.finetune.registry import register
 from xfm.finetune.task import Task, text_capacity
-from xfm.finetune.tasks.glue import pad_ids
+from xfm.finetune.task import pad_ids
 from xfm.objectives.losses import giou_loss
 
 WORLD = "${XFM_DATA:-data}/world"

@@ -33,7 +33,7 @@ from xfm.finetune.images import TrainAugment, TrainTransform, eval_transform, lo
 from xfm.finetune.metrics import accuracy
 from xfm.finetune.registry import register
 from xfm.finetune.task import Task, text_capacity
-from xfm.finetune.tasks.glue import pad_ids
+from xfm.finetune.task import pad_ids
 from xfm.model.heads import mlp_head
 
 WORLD = "${XFM_DATA:-data}/world"

@@ -33,7 +33,7 @@ from xfm.finetune.images import TrainAugment, TrainTransform, eval_transform, lo
 from xfm.finetune.metrics import retrieval_recall
 from xfm.finetune.registry import register
 from xfm.finetune.sampling import PAD_INDEX
-from xfm.finetune.task import Task, text_capacity
+from xfm.finetune.task import Task, pad_ids, text_capacity
 from xfm.objectives.losses import LossContext, itc_loss, itm_loss
 
 WORLD = "${XFM_DATA:-data}/world"
@@ -67,17 +67,6 @@ class RetrievalConfig:
 
 
 # ------------------------------------------------------------------------------ data
-def pad_ids(seqs: list[list[int]], pad_id: int, width: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad token id lists to ``width`` (default: the longest) -> (ids, 0/1 mask)."""
-    width = width or max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for r, s in enumerate(seqs):
-        ids[r, :len(s)] = torch.tensor(s, dtype=torch.long)
-        mask[r, :len(s)] = 1
-    return ids, mask
-
-
 class TrainPairs(torch.utils.data.Dataset):
     def __init__(self, pairs, tokenizer, max_len: int, transform: TrainTransform, swap: bool):
         self.pairs, self.tokenizer, self.max_len = pairs, tokenizer, max_len
