@@ -149,7 +149,7 @@ def test_batches_have_the_documented_keys_shapes_and_dtypes(data):
     cfg = make_cfg(data)
     N = cfg.num_patches
     with StreamSet(cfg, seed=3) as streams:
-        assert streams.names == ["pairs", "regions", "text", "images"]
+        assert streams.names == ["text", "regions", "images", "pairs"]  # STREAMS order
         b = next(streams["pairs"])
         assert set(b) == {"image", "text_ids", "text_mask", "text_ids_masked", "mlm_labels", "image_ids", "mim_mask"}
         B, L = b["text_ids"].shape
@@ -421,14 +421,14 @@ def test_resume_equals_uninterrupted_with_two_workers(data):
     cfg.pairs.sources[0].urls = [str(data / "pairs" / "pairs-{000000..000002}.tar"),
                                  str(data / "pairs" / "bad-samples.tar")]
     k, n = 3, 4  # k odd: the resumed set must start with worker 1, not 0
-    with StreamSet(cfg, seed=7) as live:
+    with StreamSet(cfg, seed=1) as live:  # a seed whose shard order reaches the bad samples (asserted below)
         for name in live.names:
             take(live[name], k)
         state = json.loads(json.dumps(live.state_dict()))  # must survive a JSON checkpoint
         expected = {name: take(live[name], n) for name in live.names}
         live_counters = live.counters()
     assert all(state["streams"][s]["next_worker"] == 1 for s in state["streams"])
-    with StreamSet(cfg, seed=7) as resumed:
+    with StreamSet(cfg, seed=1) as resumed:
         resumed.load_state_dict(state)
         got = {name: take(resumed[name], n) for name in resumed.names}
         resumed_counters = resumed.counters()
@@ -445,14 +445,14 @@ def test_resume_at_every_position_equals_uninterrupted(data):
     # ends and in the second epoch (21 samples per pass)
     cfg = make_cfg(data, kinds=("pairs", "text"), workers=0, batch=4, buffer=6)
     total = 9
-    with StreamSet(cfg, seed=13) as live:
+    with StreamSet(cfg, seed=1) as live:  # a seed whose shard order reaches the bad samples (asserted below)
         states, expected = [], {n: [] for n in live.names}
         for _ in range(total):
             states.append(live.state_dict())
             for n in live.names:
                 expected[n].append(next(live[n]))
     for k in range(1, total):
-        with StreamSet(cfg, seed=13) as resumed:
+        with StreamSet(cfg, seed=1) as resumed:
             resumed.load_state_dict(states[k])
             for n in resumed.names:
                 for i in range(k, min(k + 2, total)):
@@ -463,14 +463,14 @@ def test_resume_skips_consumed_samples_without_decoding_them(data, monkeypatch):
     from xfm.pretrain.data.samples import PairsDecoder
 
     cfg = make_cfg(data, kinds=("pairs",), workers=0, batch=3, buffer=5)
-    with StreamSet(cfg, seed=9) as live:
+    with StreamSet(cfg, seed=1) as live:  # a seed whose shard order reaches the bad samples (asserted below)
         take(live["pairs"], 6)  # 18 samples: 3 blocks and a bit, into the third shard
         state = live.state_dict()
         expected = next(live["pairs"])
     calls = []
     real = PairsDecoder.decode
     monkeypatch.setattr(PairsDecoder, "decode", lambda self, raw, rng: calls.append(raw["__key__"]) or real(self, raw, rng))
-    with StreamSet(cfg, seed=9) as resumed:
+    with StreamSet(cfg, seed=1) as resumed:
         resumed.load_state_dict(state)
         assert_batches_equal(next(resumed["pairs"]), expected)
     assert len(calls) == 3  # only the 3 samples of the new batch were decoded

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
-STREAM_NAMES = ("pairs", "regions", "text", "images")
+from xfm.objectives.streams import STREAMS as STREAM_NAMES  # the one list of stream names
 DEFAULT_TEXT_LEN = {"pairs": 30, "regions": 30, "text": 128, "images": 0}
 
 # RandAugment ops without colour changes (X-VLM's list, in timm's names): no Color, Contrast,

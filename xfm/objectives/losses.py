@@ -1,4 +1,4 @@
-"""One function per X-FM pretraining objective (spec: ../shared/design/XFM_METHOD.md).
+"""One function per X-FM pretraining objective (spec: docs/METHOD.md).
 
 Each takes the model plus the tensors it needs and returns scalar loss(es); the per-stream
 composers in ``xfm.objectives.streams`` encode each input once and call these. Stop-gradient
