@@ -144,24 +144,9 @@ PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP OverSubsc
                 pass
 
 
-def test_sbatch_runs_the_two_task_tiny_job(slurm_cluster, pretrain_data, tmp_path):
-    import sys
-
-    run_dir = tmp_path / "slurm_run"
-    job_out = tmp_path / "job.out"
-    env = pretrain_env(pretrain_data, SLURM_CONF=slurm_cluster, XFM_PYTHON=sys.executable)
-    for k in [k for k in env if k.startswith(("SLURM_", "RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_"))]:
-        if k != "SLURM_CONF":
-            del env[k]
-    # CPU-only node: override the script's GPU request and its 10 CPUs per task on the command line
-    cmd = ["sbatch", "--parsable", "--nodes=1", "--ntasks-per-node=2", "--cpus-per-task=1", "--gpus-per-node=0",
-           "--time=10", f"--output={job_out}", str(SBATCH), str(REPO / "configs" / "pretrain" / "tiny.yaml"),
-           "--out", str(run_dir), "--steps", "4", "--set", "checkpoint.every=2", "--set", "engine.dist_timeout_s=120"]
-    sub = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
-    assert sub.returncode == 0, sub.stderr
-    job_id = sub.stdout.strip().split(";")[0]
-    # poll the controller (sbatch --wait sleeps up to 32 s between its own polls)
-    state, exit_code, deadline = "", "", time.time() + 540
+def _wait_for_job(job_id: str, env: dict, timeout: float = 540) -> tuple[str, str]:
+    """Poll the controller until the job ends (sbatch --wait sleeps up to 32 s between polls)."""
+    state, exit_code, deadline = "", "", time.time() + timeout
     while time.time() < deadline:
         show = subprocess.run(["scontrol", "show", "job", job_id], env=env, capture_output=True, text=True).stdout
         fields = dict(f.split("=", 1) for f in show.split() if "=" in f)
@@ -169,6 +154,29 @@ def test_sbatch_runs_the_two_task_tiny_job(slurm_cluster, pretrain_data, tmp_pat
         if state in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"):
             break
         time.sleep(0.5)
+    return state, exit_code
+
+
+def _clean_env(env: dict) -> dict:
+    """No launcher variables of the calling process may leak into the job."""
+    return {k: v for k, v in env.items()
+            if k == "SLURM_CONF" or not k.startswith(("SLURM_", "RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_"))}
+
+
+def test_sbatch_runs_the_two_task_tiny_job(slurm_cluster, pretrain_data, tmp_path):
+    import sys
+
+    run_dir = tmp_path / "slurm_run"
+    job_out = tmp_path / "job.out"
+    env = _clean_env(pretrain_env(pretrain_data, SLURM_CONF=slurm_cluster, XFM_PYTHON=sys.executable))
+    # CPU-only node: override the script's GPU request and its 10 CPUs per task on the command line
+    cmd = ["sbatch", "--parsable", "--nodes=1", "--ntasks-per-node=2", "--cpus-per-task=1", "--gpus-per-node=0",
+           "--time=10", f"--output={job_out}", str(SBATCH), str(REPO / "configs" / "pretrain" / "tiny.yaml"),
+           "--out", str(run_dir), "--steps", "4", "--set", "checkpoint.every=2", "--set", "engine.dist_timeout_s=120"]
+    sub = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert sub.returncode == 0, sub.stderr
+    job_id = sub.stdout.strip().split(";")[0]
+    state, exit_code = _wait_for_job(job_id, env)
     log = job_out.read_text() if job_out.exists() else ""
     assert (state, exit_code) == ("COMPLETED", "0:0"), f"job {job_id}: {state} {exit_code}\n{tail(log)}"
     assert "2 task(s)" in log
@@ -178,3 +186,35 @@ def test_sbatch_runs_the_two_task_tiny_job(slurm_cluster, pretrain_data, tmp_pat
     assert "zero_pp_rank_0_mp_rank_00_optim_states.pt" in shards and "zero_pp_rank_1_mp_rank_00_optim_states.pt" in shards
     steps = [r["step"] for r in read_metrics(run_dir) if "event" not in r]
     assert steps == [1, 2, 3, 4]
+
+
+FINETUNE_SBATCH = REPO / "finetune" / "slurm" / "finetune.sbatch"
+
+
+def test_finetune_sbatch_runs_a_two_task_job(slurm_cluster, finetune_ckpts, tmp_path):
+    """`finetune/slurm/finetune.sbatch` runs xfm-finetune under srun: 2 tasks, rank/world from
+    SLURM, the run completes with eval.json and best/."""
+    import json
+    import sys
+
+    from fixtures_finetune import TEST_SETTINGS, finetune_env
+
+    run_dir = tmp_path / "ft_slurm"
+    job_out = tmp_path / "ft_job.out"
+    env = _clean_env(finetune_env(finetune_ckpts, SLURM_CONF=slurm_cluster, XFM_PYTHON=sys.executable))
+    sets = [a for ov in [*TEST_SETTINGS, "train.max_steps=2", "train.batch_size=8"] for a in ("--set", ov)]
+    cmd = ["sbatch", "--parsable", "--nodes=1", "--ntasks-per-node=2", "--cpus-per-task=1", "--gpus-per-node=0",
+           "--time=10", f"--output={job_out}", str(FINETUNE_SBATCH), "glue",
+           str(REPO / "configs" / "finetune" / "glue.yaml"), "--checkpoint", str(finetune_ckpts.export),
+           "--out", str(run_dir), *sets]
+    sub = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert sub.returncode == 0, sub.stderr
+    state, exit_code = _wait_for_job(sub.stdout.strip().split(";")[0], env)
+    log = job_out.read_text() if job_out.exists() else ""
+    assert (state, exit_code) == ("COMPLETED", "0:0"), f"{state} {exit_code}\n{tail(log)}"
+    assert "xfm-finetune glue job" in log and "2 task(s)" in log
+    start = next(r for r in read_metrics(run_dir) if r.get("event") == "start")
+    assert start["world_size"] == 2  # rank/world came from SLURM's variables
+    result = json.loads((run_dir / "eval.json").read_text())
+    assert result["task"] == "glue" and "accuracy" in result["metrics"]
+    assert (run_dir / "best" / "task.yaml").is_file()
