@@ -9,7 +9,6 @@ re-scoring a ``best/``); ``--resume`` continues RUN_DIR's latest checkpoint.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 
@@ -43,11 +42,9 @@ def overrides_from_args(args) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    import warnings
+    from xfm.runtime.process import launcher_setup
 
-    warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated")
-    if args.local_rank is not None:
-        os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
+    launcher_setup(args.local_rank)
     from xfm.config import ConfigError
     from xfm.finetune.config import load_finetune_config
     from xfm.finetune.registry import get_task, task_names

@@ -10,7 +10,6 @@ process itself (``xfm.runtime.process.exit_without_teardown`` says why).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 
@@ -50,12 +49,9 @@ def overrides_from_args(args) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    import warnings
+    from xfm.runtime.process import launcher_setup
 
-    # DeepSpeed 0.19.8 calls collectives torch 2.14 marks deprecated, once per call site
-    warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated")
-    if args.local_rank is not None:
-        os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
+    launcher_setup(args.local_rank)
     from xfm.config import ConfigError
     from xfm.pretrain.config import load_pretrain_config
 

@@ -45,9 +45,8 @@ from xfm.finetune.formats.karpathy import is_karpathy
 from xfm.finetune.images import TrainAugment, TrainTransform, eval_transform, load_image, swap_left_right
 from xfm.finetune.metrics import caption_scores
 from xfm.finetune.registry import register
-from xfm.finetune.task import Task, TaskModel, prune_backbone, text_capacity
-from xfm.finetune.task import pad_ids
-from xfm.finetune.tasks.vqa import build_decoder, decode_texts, decoder_for_inference
+from xfm.finetune.task import TaskModel, pad_ids, prune_backbone, text_capacity
+from xfm.finetune.tasks.vqa import DecoderTask, build_decoder, decode_texts
 from xfm.model.decoder import decoder_labels
 from xfm.model.generation import generate
 
@@ -143,9 +142,8 @@ class CaptionEvalSet(torch.utils.data.Dataset):
 
 
 @register("captioning")
-class CaptioningTask(Task):
+class CaptioningTask(DecoderTask):
     Config = CaptioningConfig
-    head_init = "copied from the fusion encoder layers and the fusion MLM head (the answer/caption decoder)"
     parts = ("vision",)
     main_metric = "CIDEr"
     float_inputs = ("image",)
@@ -160,7 +158,6 @@ class CaptioningTask(Task):
         if len(self.prefix) >= task_cfg.max_length:
             raise ValueError(f"task.max_length {task_cfg.max_length} leaves no room after the prompt's "
                              f"{len(self.prefix)} tokens (BOS included)")
-        self._inference_decoder = None
 
     # --- model ---------------------------------------------------------------------------
     def build_model(self, xfm):
@@ -232,19 +229,11 @@ class CaptioningTask(Task):
 
     def predict(self, model, batch, ctx):
         image = model.xfm.encode_image(batch["image"])
-        dec = self._inference_decoder if self._inference_decoder is not None else model.head
-        out = generate(dec, image, None, self.prefix, **self.generation_kwargs())
+        out = generate(self.decoder(model), image, None, self.prefix, **self.generation_kwargs())
         pad = self.tokenizer.pad_token_id
         seqs = torch.full((image.shape[0], self.task_cfg.max_length), pad, dtype=torch.long, device=image.device)
         seqs[:, :out.sequences.shape[1]] = out.sequences
         return {"tokens": seqs}
-
-    def evaluate(self, runner, split):
-        self._inference_decoder = decoder_for_inference(runner.model.head, runner.world)
-        try:
-            return super().evaluate(runner, split)
-        finally:
-            self._inference_decoder = None
 
     # --- metrics and results -------------------------------------------------------------
     def captions(self, outputs) -> list[str]:

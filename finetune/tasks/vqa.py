@@ -209,10 +209,28 @@ class VqaEvalSet(torch.utils.data.Dataset):
         return {"image": eval_transform(load_image(ex.image.path), self.size), "ids": q["input_ids"]}
 
 
-@register("vqa")
-class VqaTask(Task):
-    Config = VqaConfig
+class DecoderTask(Task):
+    """A task whose head is the answer/caption decoder: evaluation decodes with
+    ``decoder_for_inference`` (a whole copy when ZeRO-3 partitions it over several ranks, since
+    generation stops at different steps on different ranks), training with ``model.head``."""
+
     head_init = "copied from the fusion encoder layers and the fusion MLM head (the answer/caption decoder)"
+    _inference_decoder: Optional[TextDecoder] = None
+
+    def decoder(self, model) -> TextDecoder:
+        return self._inference_decoder if self._inference_decoder is not None else model.head
+
+    def evaluate(self, runner, split):
+        self._inference_decoder = decoder_for_inference(runner.model.head, runner.world)
+        try:
+            return super().evaluate(runner, split)
+        finally:
+            self._inference_decoder = None
+
+
+@register("vqa")
+class VqaTask(DecoderTask):
+    Config = VqaConfig
     parts = ("text", "vision", "fusion")
     main_metric = "acc"
     float_inputs = ("image",)
@@ -223,7 +241,6 @@ class VqaTask(Task):
         self.a_len = min(task_cfg.max_answer_len, text_capacity(model_cfg, task_cfg.max_answer_len))
         self._answers: Optional[list[str]] = None
         self._answer_tensors: dict = {}
-        self._inference_decoder: Optional[TextDecoder] = None
 
     # --- model ---------------------------------------------------------------------------
     def build_model(self, xfm):
@@ -314,9 +331,6 @@ class VqaTask(Task):
             self._answer_tensors[device] = (ids.to(device), mask.to(device))
         return self._answer_tensors[device]
 
-    def decoder(self, model) -> TextDecoder:
-        return self._inference_decoder if self._inference_decoder is not None else model.head
-
     def predict(self, model, batch, ctx):
         fused = self.question_states(model, batch)
         dec = self.decoder(model)
@@ -331,13 +345,6 @@ class VqaTask(Task):
         seqs = torch.full((fused.shape[0], self.a_len), tok.pad_token_id, dtype=torch.long, device=fused.device)
         seqs[:, :out.sequences.shape[1]] = out.sequences
         return {"tokens": seqs}
-
-    def evaluate(self, runner, split):
-        self._inference_decoder = decoder_for_inference(runner.model.head, runner.world)
-        try:
-            return super().evaluate(runner, split)
-        finally:
-            self._inference_decoder = None
 
     # --- metrics and results -------------------------------------------------------------
     def predicted_answers(self, outputs) -> list[str]:

@@ -72,6 +72,17 @@ def set_encoder_checkpointing(model, encoders: list[str]) -> None:
             mod.grad_checkpointing = name in encoders
 
 
+def launcher_setup(local_rank: int | None) -> None:
+    """What every training CLI does first: the ``deepspeed`` launcher passes ``--local_rank``
+    (the process group reads ``LOCAL_RANK``), and DeepSpeed 0.19.8 calls collectives torch 2.14
+    marks deprecated, once per call site."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated")
+    if local_rank is not None:
+        os.environ.setdefault("LOCAL_RANK", str(local_rank))
+
+
 def finish_distributed(code: int) -> int:
     """After a distributed run: barrier, destroy the group and end the process (see
     ``exit_without_teardown``); a single process just returns ``code``."""
