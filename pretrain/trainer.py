@@ -30,8 +30,8 @@ from xfm.config import save_config
 from xfm.pretrain.config import STREAMS, PretrainConfig
 from xfm.runtime import checkpointing
 from xfm.runtime.dist import DistInfo, init_distributed
-from xfm.runtime.engine import (PartTracker, build_model, clamp_parameter_, clear_grad_partitions, deepspeed_config,
-                                initialize, load_state_from_rank0, partition_report)
+from xfm.runtime.engine import (PartTracker, build_model, clamp_partition_, clear_grad_partitions, deepspeed_config,
+                                initialize, load_state_from_rank0, partition_report, read_parameter)
 from xfm.runtime.optim import set_lr
 from xfm.runtime.process import (PRECISION_DTYPES, StopRequest, seed_everything, set_deterministic,
                                  set_encoder_checkpointing, to_device)
@@ -247,9 +247,11 @@ def train(cfg: PretrainConfig, resume: bool = False, *,
                 stats.grad_norm[f"grad_norm/{group_name}"] = gn
             clear_grad_partitions(engine)  # else the next group re-applies this group's grads
         temp_value = None
-        if temp_param is not None:  # every step, as the paper's in-place clamp
-            _, temp_value = clamp_parameter_(temp_param, model_cfg.temp_min, model_cfg.temp_max)
+        if temp_param is not None:  # every step, as the paper's in-place clamp; partition-local
+            clamp_partition_(temp_param, model_cfg.temp_min, model_cfg.temp_max)  # (no sync)
         step += 1
+        if temp_param is not None and (step % cfg.logging.every == 0 or step == end):
+            temp_value = float(read_parameter(temp_param).reshape(-1)[0])  # for the log line only
         stats.end_step()
         if bar is not None:
             bar.update(1)

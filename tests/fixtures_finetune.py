@@ -71,12 +71,29 @@ def run_finetune(ckpts: FinetuneCheckpoints, task: str, out: Path, *overrides, c
     return proc, result
 
 
-def official_tiny_th(path: Path, seed: int = 0) -> Path:
-    """An official-layout `.th` of the tiny key table (random weights, tied rows shared)."""
+def official_tiny_th(path: Path, seed: int = 0, weights: Path | None = None) -> Path:
+    """An official-layout `.th` of the tiny key table, tied rows shared as in a real one.
+
+    Random values, or with ``weights`` (a checkpoint of ours) that model's tensors written under
+    their official names: the official file a user of the original code would hold for the same
+    weights. The rows our model has no counterpart for (the fusion embeddings, the caption
+    heads) keep their random values."""
     import torch
     from test_checkpoint_official import layout, official_state_dict
+    from xfm.checkpoint.official import map_official
+    from xfm.model import XFM
 
-    torch.save({"model": official_state_dict(layout("tiny"), seed=seed), "epoch": 0}, path)
+    sd = official_state_dict(layout("tiny"), seed=seed)
+    if weights is not None:
+        ours = XFM.from_pretrained(weights).state_dict()
+        mapped, _, unused = map_official(sd, "tiny layout")
+        assert not unused, unused
+        missing = set(ours) - set(mapped) - {k for k in ours if k.endswith("relative_position_index")}
+        assert not missing, f"no official name for {sorted(missing)}"
+        with torch.no_grad():
+            for name, (official, _) in mapped.items():
+                sd[official].copy_(ours[name])  # in place: tied rows stay one tensor
+    torch.save({"model": sd, "epoch": 0}, path)
     return path
 
 

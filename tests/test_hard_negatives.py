@@ -130,3 +130,34 @@ def test_bad_shapes_are_clear_errors():
         sample_hard_negatives(torch.randn(3, 3), torch.randn(4, 4))
     with pytest.raises(ValueError, match="image_ids has 2 entries"):
         sample_hard_negatives(torch.randn(3, 3), torch.randn(3, 3), torch.tensor([0, 1]))
+
+
+def test_host_ids_decide_the_no_negative_check_without_reading_the_device_ids(monkeypatch):
+    """With ``host_image_ids`` the check reads only them (no device -> host copy of the ids),
+    and the draw itself is the same as without them."""
+    sim = torch.randn(4, 4, generator=torch.Generator().manual_seed(0))
+    ids = torch.tensor([0, 0, 1, 1])
+    plain = sample_hard_negatives(sim, sim.t(), ids, generator=torch.Generator().manual_seed(1))
+    with_host = sample_hard_negatives(sim, sim.t(), ids, generator=torch.Generator().manual_seed(1),
+                                      host_image_ids=ids.clone())
+    assert all(torch.equal(a, b) for a, b in zip(plain, with_host))
+    # the host copy is what is checked: it says "one picture", so no row has a negative
+    with pytest.raises(NoNegativeError):
+        sample_hard_negatives(sim, sim.t(), ids, host_image_ids=torch.zeros(4, dtype=torch.long))
+    # and the device ids are never copied to the host for the check
+    calls = []
+    orig = torch.Tensor.cpu
+    monkeypatch.setattr(torch.Tensor, "cpu", lambda self, *a, **k: calls.append(1) or orig(self, *a, **k))
+    sample_hard_negatives(sim, sim.t(), ids, host_image_ids=ids.clone())
+    assert not calls
+
+
+def test_to_device_keeps_host_copies_of_the_ids_it_moves_off_the_host():
+    from xfm.runtime.process import to_device
+
+    batch = {"image_ids": torch.tensor([3, 4]), "text_ids": torch.tensor([[1, 2]])}
+    moved = to_device(batch, "meta")  # any non-CPU device
+    assert moved["image_ids"].device.type == "meta" and moved["text_ids"].device.type == "meta"
+    assert torch.equal(moved["image_ids_host"], batch["image_ids"])
+    assert "text_ids_host" not in moved
+    assert "image_ids_host" not in to_device(batch, "cpu")  # nothing to save on the host itself

@@ -199,6 +199,20 @@ for g in engine.optimizer.param_groups:
 engine.backward(engine(x, True)); engine.step()
 with deepspeed.zero.GatheredParameters([model.t.temp]):
     assert abs(float(model.t.temp) - 0.123) < 1e-7, float(model.t.temp)
+# the partition-local clamp (no collective): the same values, in the partition and the master,
+# for the 0-dim temperature (rank 1's partition is padding only) and a matrix split 18 + 18
+from xfm.runtime.engine import clamp_partition_, read_parameter
+a_before = read_parameter(model.a.weight)
+clamp_partition_(model.t.temp, 0.2, 0.3)
+clamp_partition_(model.a.weight, 0.45, 0.48)  # a.weight moved from 0.5 by two SGD steps
+assert abs(float(read_parameter(model.t.temp)) - 0.2) < 1e-7
+assert abs(float(safe_get_full_fp32_param(model.t.temp)) - 0.2) < 1e-7
+assert torch.equal(read_parameter(model.a.weight), a_before.clamp(0.45, 0.48))
+assert torch.equal(safe_get_full_fp32_param(model.a.weight), a_before.clamp(0.45, 0.48))
+assert not torch.equal(a_before, a_before.clamp(0.45, 0.48))  # the clamp did change values
+engine.backward(engine(x, True)); engine.step()  # lr 0: the clamped master is what stays
+assert abs(float(read_parameter(model.t.temp)) - 0.2) < 1e-7
+assert torch.equal(read_parameter(model.a.weight), a_before.clamp(0.45, 0.48))
 # PartwiseAdamW on ZeRO-3's flat fp32 partitions: step 1 trains parts a and b, step 2 only a
 from deepspeed.utils import safe_get_full_optimizer_state
 from xfm.runtime.config import OptimConfig

@@ -55,7 +55,8 @@ def _check_square(name: str, sim: torch.Tensor) -> int:
 @torch.no_grad()
 def sample_hard_negatives(sim_i2t: torch.Tensor, sim_t2i: torch.Tensor,
                           image_ids: torch.Tensor | None = None,
-                          generator: torch.Generator | None = None
+                          generator: torch.Generator | None = None,
+                          host_image_ids: torch.Tensor | None = None,
                           ) -> tuple[torch.Tensor, torch.Tensor]:
     """Draw one hard negative per sample in each direction.
 
@@ -65,6 +66,9 @@ def sample_hard_negatives(sim_i2t: torch.Tensor, sim_t2i: torch.Tensor,
         image_ids: optional (B,) ids; samples sharing an id show the same picture and are never
             negatives of one another.
         generator: optional ``torch.Generator`` on the logits' device (reproducible draws).
+        host_image_ids: the same ids kept on the host (``to_device`` keeps ``image_ids_host``
+            beside ids it moves to an accelerator): the no-negative check then reads no device
+            value, so the draw needs no host synchronisation.
 
     Returns:
         ``(neg_image_idx, neg_text_idx)``, both (B,) long on the logits' device:
@@ -89,9 +93,12 @@ def sample_hard_negatives(sim_i2t: torch.Tensor, sim_t2i: torch.Tensor,
     if image_ids is None:
         no_negative = [0] if batch < 2 else []
     else:
-        host_ids = image_ids.reshape(-1)
-        host_pos = positives if host_ids.device.type == "cpu" and positives.device.type == "cpu" else \
-            positive_mask(batch, host_ids.cpu(), "cpu")
+        if host_image_ids is not None:
+            host_pos = positive_mask(batch, host_image_ids, "cpu")
+        elif image_ids.device.type == "cpu" and positives.device.type == "cpu":
+            host_pos = positives
+        else:
+            host_pos = positive_mask(batch, image_ids.cpu(), "cpu")
         has_negative = (~host_pos).any(dim=1)
         no_negative = [] if bool(has_negative.all()) else (~has_negative).nonzero().flatten().tolist()
     if no_negative:

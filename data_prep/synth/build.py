@@ -63,6 +63,11 @@ SIZES = {
     "test": WorldSize(scenes=(64, 16, 16), class_images=(6, 4), text_docs=200,
                       questions_per_scene=3, nlvr2=(64, 16, 16), glue=(64, 32, 32),
                       shard_samples=32),
+    # the learning tests: enough pictures that a short pretraining generalises to unseen ones and
+    # test splits large enough that "beats random weights" is not decided by one example
+    "ci": WorldSize(scenes=(480, 64, 64), class_images=(40, 12), text_docs=800,
+                    questions_per_scene=3, nlvr2=(320, 64, 64), glue=(320, 64, 64),
+                    shard_samples=128),
     # the end-to-end demo: enough variety that a tiny model learns colours, shapes, counts and
     # boxes in minutes on 2 CPU cores without memorising the pictures
     "demo": WorldSize(scenes=(2000, 200, 200), class_images=(200, 40), text_docs=4000,

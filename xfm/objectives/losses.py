@@ -78,7 +78,7 @@ def itc_loss(model, image_feat, text_feat, temp, ctx: LossContext, image_ids=Non
 
 
 def itm_loss(model, image_states, image_atts, text_states, text_mask, image_feat, text_feat,
-             temp, ctx: LossContext, image_ids=None) -> torch.Tensor:
+             temp, ctx: LossContext, image_ids=None, host_image_ids=None) -> torch.Tensor:
     """ITM with hard negatives drawn from the local batch (one vectorised draw per direction).
 
     3B fusion rows: B positives (text i, image i), B (text i, negative image for text i),
@@ -93,7 +93,8 @@ def itm_loss(model, image_states, image_atts, text_states, text_mask, image_feat
     with torch.no_grad():
         sim_i2t = image_feat @ text_feat.t() / temp
         try:
-            neg_image, neg_text = sample_hard_negatives(sim_i2t, sim_i2t.t(), image_ids, ctx.generator)
+            neg_image, neg_text = sample_hard_negatives(sim_i2t, sim_i2t.t(), image_ids, ctx.generator,
+                                                         host_image_ids=host_image_ids)
         except NoNegativeError as err:
             warnings.warn(f"ITM skipped for this batch (loss 0): {err}", RuntimeWarning, stacklevel=2)
             neg_image = neg_text = torch.arange(b, device=image_states.device)

@@ -50,7 +50,7 @@ def pairs_losses(model, batch: dict, ctx: LossContext | None = None) -> dict:
     losses = {
         "itc": itc_loss(model, image_feat, text_feat, temp, ctx, image_ids),
         "itm": itm_loss(model, image_states, None, text_states, batch["text_mask"], image_feat,
-                        text_feat, temp, ctx, image_ids),
+                        text_feat, temp, ctx, image_ids, batch.get("image_ids_host")),
     }
     masked = encode_text_for_fusion(model, batch["text_ids_masked"], batch["text_mask"])
     losses["mlm"] = fusion_mlm_loss(model, image_states, None, masked, batch["text_mask"], batch["mlm_labels"])

@@ -339,6 +339,40 @@ def clamp_parameter_(param: nn.Parameter, lo: float, hi: float) -> tuple[bool, f
     return changed, float(clamped.reshape(-1)[0])
 
 
+def clamp_partition_(param: nn.Parameter, lo: float, hi: float) -> None:
+    """The clamp of :func:`clamp_parameter_` without a collective or a host read: each rank
+    clamps the elements of its own ZeRO-3 partition and of the optimizer's fp32 master slice in
+    place (a clamp is elementwise, so the gathered result is the same). The padded tail of the
+    last partition is left alone. A parameter that is not partitioned (ZeRO 0-2) falls back to
+    :func:`clamp_parameter_`, whose host read is then the only cost."""
+    import torch.distributed as dist
+
+    if not hasattr(param, "ds_tensor"):
+        clamp_parameter_(param, lo, hi)
+        return
+    n_local = param.ds_tensor.numel()
+    start = n_local * (dist.get_rank(group=param.ds_process_group) if dist.is_initialized() else 0)
+    k = max(0, min(n_local, param.ds_numel - start))
+    if not k:
+        return
+    targets = [param.ds_tensor.data.view(-1)[:k]]
+    opt = getattr(param, "_z3_optimizer", None)
+    if opt is not None:
+        master, _ = opt._get_fp32_opt_state_partition(param, release_swap_buffers=True)
+        targets.append(master.view(-1)[:k])
+    with torch.no_grad():
+        for t in targets:
+            t.clamp_(lo, hi)
+
+
+def read_parameter(param: nn.Parameter) -> torch.Tensor:
+    """A (maybe partitioned) parameter's full value, detached (collective under ZeRO-3)."""
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters([param], modifier_rank=None):
+        return param.data.detach().clone()
+
+
 def _accelerator_device() -> str:
     from deepspeed.accelerator import get_accelerator
 

@@ -45,6 +45,12 @@ def set_deterministic(on: bool) -> None:
         torch.backends.cudnn.deterministic = True
 
 
+# Integer tensors that host code reads every step (ITM's no-negative check reads the image ids):
+# moved to an accelerator, they also stay on the host as ``<name>_host``, so reading them costs
+# no device synchronisation.
+HOST_COPIES = ("image_ids",)
+
+
 def to_device(batch: dict, device, dtype: torch.dtype = torch.float32,
               model_input_floats: tuple[str, ...] = ("image",)) -> dict:
     """Tensors to ``device``; the float model inputs named in ``model_input_floats`` are cast to
@@ -52,6 +58,8 @@ def to_device(batch: dict, device, dtype: torch.dtype = torch.float32,
     out = {}
     for k, v in batch.items():
         if torch.is_tensor(v):
+            if k in HOST_COPIES and v.device.type == "cpu" and torch.device(device).type != "cpu":
+                out[k + "_host"] = v
             v = v.to(device, non_blocking=True)
             if k in model_input_floats and v.is_floating_point() and dtype != v.dtype:
                 v = v.to(dtype)
