@@ -40,8 +40,9 @@ def heldout_answer_nll(task, model, batch) -> float:
 def test_vqa_run_reports_metrics_and_learns_the_answers(vqa_run, finetune_ckpts, monkeypatch):
     """At this budget (a 24-step pretraining, 24 fine-tuning steps) accuracy is not a usable
     signal: from the export and from random weights alike the ranking answers "no" to every
-    question (14.6 % on the test world). What fine-tuning must show is that the decoder learns
-    the answers: the held-out (val) answer NLL of best/ is far below the start's."""
+    question (14.6 % on the test world; test_finetune_from_pretraining.py shows a longer
+    pretraining beating random weights). What fine-tuning must show here is that the decoder
+    learns the answers: the held-out (val) answer NLL of best/ is far below the start's."""
     out, _, result = vqa_run
     m = result["metrics"]
     assert result["task"] == "vqa" and result["split"] == "test"
