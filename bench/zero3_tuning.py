@@ -82,9 +82,9 @@ def run_variant(name: str, args, repo: Path, world: Path, out: Path) -> dict:
     steps = [r for r in rows if "step_time_s" in r]
     times = [r["step_time_s"] for r in steps[1:]] or [r["step_time_s"] for r in steps]
     per_step = statistics.median(times)
-    pairs = int(steps[-1]["data/pairs/samples"] / steps[-1]["step"])  # per rank per step
+    pairs = steps[-1]["data/pairs/samples"] / steps[-1]["step"]  # the counters sum over ranks
     return {"variant": name, "processes": nproc, "overrides": overrides, "step_time_s": per_step,
-            "pairs_per_step": pairs * nproc, "pairs_samples_per_s": pairs * nproc / per_step,
+            "pairs_per_step": pairs, "pairs_samples_per_s": pairs / per_step,
             "wall_s": wall, "loss_last": steps[-1]["loss"], "repo": str(repo)}
 
 
