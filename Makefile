@@ -31,8 +31,10 @@ test: $(STAMP)
 test-long: $(STAMP)
 	$(VPY) -m pytest -q tests -m long $(PYTEST_ARGS)
 
+# the demo shares the cores among its ranks itself (scripts/demo_run.py): it gets the Makefile's
+# one-thread default only when the caller set OMP_NUM_THREADS
 demo: $(STAMP)
-	bash scripts/demo.sh
+	$(if $(filter file,$(origin OMP_NUM_THREADS)),env -u OMP_NUM_THREADS) bash scripts/demo.sh
 
 clean-venv:
 	rm -rf $(VENV)
