@@ -157,10 +157,33 @@ def save_task_model(state: dict[str, torch.Tensor], out_dir: str | os.PathLike, 
     save_file(tensors, str(tmp), metadata={"format": "xfm", "tied": json.dumps(tied), "task": task.name})
     os.replace(tmp, out_dir / WEIGHTS)
     save_config(model_cfg, out_dir / CONFIG)
-    meta = {"task": task.name, "parts": list(task.parts), "task_config": to_dict(task.task_cfg),
-            **(info or {})}
+    task_config = to_dict(task.task_cfg)
+    task_config.update(_bundle_files(task, out_dir))
+    meta = {"task": task.name, "parts": list(task.parts), "task_config": task_config, **(info or {})}
     (out_dir / TASK_FILE).write_text(yaml.safe_dump(meta, sort_keys=False))
     return out_dir
+
+
+def _bundle_files(task, out_dir: Path) -> dict[str, str]:
+    """Copy the files named by ``task.bundled_files`` into ``out_dir``; the task config fields
+    then hold the copies' names, relative to the directory (resolved by load_task_model)."""
+    import shutil
+
+    from xfm.config import expand_env
+
+    fields = {}
+    for field in getattr(task, "bundled_files", ()):
+        value = getattr(task.task_cfg, field, None)
+        if not value:
+            continue
+        src = Path(expand_env(str(value)))
+        if not src.is_file():
+            continue  # saved as configured; loading names the missing file
+        name = f"{field}{src.suffix}"
+        if src.resolve() != (out_dir / name).resolve():
+            shutil.copyfile(src, out_dir / name)
+        fields[field] = name
+    return fields
 
 
 def task_state_from_dir(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -201,7 +224,12 @@ def load_task_model(path: str | os.PathLike, tokenizer=None, device="cpu"):
         raise FileNotFoundError(f"{path}: not a fine-tuned model directory ({WEIGHTS} + {CONFIG} + {TASK_FILE})")
     meta = read_task_file(path)
     task_cls = get_task(meta["task"])
-    task_cfg = from_dict(task_cls.Config, meta.get("task_config") or {}, str(path / TASK_FILE))
+    task_config = dict(meta.get("task_config") or {})
+    for field in getattr(task_cls, "bundled_files", ()):  # copies saved beside the weights
+        value = task_config.get(field)
+        if value and not os.path.isabs(str(value)) and (path / str(value)).is_file():
+            task_config[field] = str(path / str(value))
+    task_cfg = from_dict(task_cls.Config, task_config, str(path / TASK_FILE))
     model_cfg = read_native_config(path)
     if tokenizer is None:
         tokenizer = load_tokenizer(path)

@@ -60,6 +60,9 @@ class Task:
     Config: ClassVar[type] = object
     # which X-FM parts the task keeps; the rest is dropped from the model (GLUE: text only)
     parts: ClassVar[tuple[str, ...]] = ("text", "vision", "fusion", "heads")
+    # task config fields naming files that inference needs (VQA: the answer list): a saved model
+    # directory carries a copy of each, so it still works when moved away from the data
+    bundled_files: ClassVar[tuple[str, ...]] = ()
     main_metric: ClassVar[str] = ""
     higher_is_better: ClassVar[bool] = True
     # batch keys that are float model inputs (cast to the engine's dtype); targets stay fp32

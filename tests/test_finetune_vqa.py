@@ -90,6 +90,27 @@ def test_vqa_eval_only_of_best_reproduces_the_metrics(vqa_run, finetune_ckpts, t
         (out / "vqa_results_test.json").read_text()
 
 
+def test_best_carries_its_answer_list_and_works_when_moved(vqa_run, finetune_ckpts, tmp_path, monkeypatch):
+    """best/ ranks the answers of its own copy of the list: moved away from the data (and with
+    XFM_DATA pointing nowhere) it loads and answers from the same list."""
+    import shutil
+
+    import yaml
+    from xfm.finetune.model_io import load_task_model
+
+    out, _, _ = vqa_run
+    world_list = json.loads((finetune_ckpts.world / "vqa" / "answer_list.json").read_text())
+    assert json.loads((out / "best" / "answer_list.json").read_text()) == world_list
+    meta = yaml.safe_load((out / "best" / "task.yaml").read_text())
+    assert meta["task_config"]["answer_list"] == "answer_list.json"
+    moved = tmp_path / "moved"
+    shutil.copytree(out / "best", moved)
+    monkeypatch.setenv("XFM_DATA", str(tmp_path / "nowhere"))
+    task, _ = load_task_model(moved)
+    assert task.task_cfg.answer_list == str(moved / "answer_list.json")
+    assert task.answer_list == world_list
+
+
 def test_vqa_from_an_official_th_at_zero3_on_two_ranks(finetune_ckpts, tmp_path):
     """The decoder's positions/LayerNorm come from the checkpoint's fusion embeddings (lr 1e-12
     keeps every weight where it started, so best/ shows the initial values), built partitioned."""

@@ -234,6 +234,7 @@ class VqaTask(DecoderTask):
     parts = ("text", "vision", "fusion")
     main_metric = "acc"
     float_inputs = ("image",)
+    bundled_files = ("answer_list",)  # best/ ranks its own copy of the answers
 
     def __init__(self, cfg, task_cfg, model_cfg, tokenizer):
         super().__init__(cfg, task_cfg, model_cfg, tokenizer)
