@@ -207,3 +207,26 @@ def test_text_of_each_served_sample_is_its_own(tmp_path, bpe_tokenizer_dir):
     ids = torch.where(b["mlm_labels"] != -100, b["mlm_labels"], b["text_ids_masked"])
     docs = sorted(tok.decode(row[m == 1], skip_special_tokens=True) for row, m in zip(ids, b["text_mask"]))
     assert docs == [f"document 0 number {i} of the test" for i in (0, 2, 4)]
+
+
+def test_one_corrupt_shard_met_twice_across_an_epoch_boundary_is_not_a_dead_source(tmp_path):
+    """A reader with one good and one corrupt shard: whenever an epoch ends on the corrupt shard
+    and the next begins with it, two empty shards come in a row, but they are the same shard.
+    The reader must skip it and go on (it once stopped with "none of its 2 shard(s) gave a
+    sample"); a source whose every shard is corrupt must still stop with that message."""
+    good = write_shards(tmp_path / "good", "text", [3])
+    corrupt = tmp_path / "text-corrupt.tar"
+    corrupt.write_bytes(b"not a tar archive" * 16)
+    errors = []
+    reader = SourceReader([good[0], str(corrupt)], (0, 0, 0, 0, 0), on_error=lambda url, exn: errors.append(url))
+    orders = []
+    while reader.epoch < 40:
+        if not orders or orders[-1][0] != reader.epoch:
+            orders.append((reader.epoch, list(reader._order)))
+        assert reader.next_raw()["__key__"].startswith("s0_")
+    # the case did occur: some epoch ended on the corrupt shard (index 1) and the next began with it
+    assert any(a[1][-1] == 1 and b[1][0] == 1 for a, b in zip(orders, orders[1:])), orders
+    assert errors and set(errors) == {str(corrupt)}
+    dead = SourceReader([str(corrupt), str(corrupt)], (0, 0, 0, 0, 0), on_error=lambda url, exn: None)
+    with pytest.raises(RuntimeError, match="none of its 2 shard"):
+        dead.next_raw()

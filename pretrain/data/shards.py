@@ -152,7 +152,10 @@ class SourceReader:
         self._order = self._order_for(self.epoch)
         self._it: Iterator | None = None
         self._share: ShardShare | None = None
-        self._empty_run = 0  # consecutive shards that gave no sample at all
+        # the distinct shards that gave no sample since the last one that did: a source is dead
+        # only when every shard is in it (counting visits instead would count one corrupt shard
+        # twice when an epoch ends and the next begins with it)
+        self._empty_run: set[int] = set()
 
     def _order_for(self, epoch: int) -> list[int]:
         return derive_rng(*self.key, SHARD_ORDER, epoch).permutation(len(self.shares)).tolist()
@@ -171,8 +174,11 @@ class SourceReader:
         self._had_sample = share.took_any_before(self.sample)
 
     def _advance_shard(self) -> None:
-        self._empty_run = 0 if self._had_sample else self._empty_run + 1
-        if self._empty_run >= len(self.shares):
+        if self._had_sample:
+            self._empty_run.clear()
+        else:
+            self._empty_run.add(self._order[self.pos])
+        if len(self._empty_run) >= len(self.shares):
             part = self.shares[0]
             detail = "" if part.modulus == 1 else (
                 f"; with fewer shards than ranks x loader workers each reader keeps only the samples "
