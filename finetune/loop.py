@@ -10,7 +10,6 @@ best-so-far, so ``--resume`` after ``kill -9`` continues the same epoch at the s
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import sys
@@ -29,7 +28,7 @@ from xfm.finetune.sampling import EvalSampler, PAD_INDEX, SeededItems, TrainSamp
 from xfm.finetune.task import TaskContext
 from xfm.runtime import checkpointing
 from xfm.runtime.dist import init_distributed
-from xfm.runtime.engine import build_model, deepspeed_config, load_state_from_rank0
+from xfm.runtime.engine import broadcast_scalar_params, build_model, deepspeed_config, load_state_from_rank0
 from xfm.runtime.metrics import MetricsWriter, memory_mb
 from xfm.runtime.optim import set_lr
 from xfm.runtime.process import (PRECISION_DTYPES, StopRequest, seed_everything, set_deterministic,
@@ -132,33 +131,6 @@ def _device(info):
     return torch.device(acc.device_name(info.local_rank) if acc.device_name() != "cpu" else "cpu")
 
 
-@contextlib.contextmanager
-def _broadcast_scalar_params():
-    """DeepSpeed 0.19.8 broadcasts every parameter at engine start (ZeRO 0-2) as
-    ``p.data.view(uint8)``, which raises for a 0-dim parameter (the temperature): during that
-    broadcast only, such parameters are 1-element views of the same storage (nothing else, e.g.
-    the gradient hooks ZeRO installs later, ever sees them reshaped)."""
-    from deepspeed.runtime.engine import DeepSpeedEngine
-
-    original = DeepSpeedEngine._broadcast_model
-
-    def patched(self):
-        scalars = [p for p in self.module.parameters() if p.dim() == 0]
-        for p in scalars:
-            p.data = p.data.reshape(1)
-        try:
-            return original(self)
-        finally:
-            for p in scalars:
-                p.data = p.data.reshape(())
-
-    DeepSpeedEngine._broadcast_model = patched
-    try:
-        yield
-    finally:
-        DeepSpeedEngine._broadcast_model = original
-
-
 def _build_engine(cfg, module, optim_groups, ds_config):
     import deepspeed
 
@@ -170,7 +142,7 @@ def _build_engine(cfg, module, optim_groups, ds_config):
 
     optimizer = make_adamw(groups, opt.impl, opt.lr, tuple(opt.betas), opt.eps, opt.weight_decay,
                            device=get_accelerator().device_name())
-    with _broadcast_scalar_params():
+    with broadcast_scalar_params():
         engine, optimizer, _, _ = deepspeed.initialize(model=module, optimizer=optimizer, config=ds_config)
     return engine, optimizer
 

@@ -379,6 +379,33 @@ def _accelerator_device() -> str:
     return get_accelerator().device_name()
 
 
+@contextlib.contextmanager
+def broadcast_scalar_params():
+    """DeepSpeed 0.19.8 broadcasts every parameter at engine start (ZeRO 0-2) as
+    ``p.data.view(uint8)``, which raises for a 0-dim parameter (the temperature): during that
+    broadcast only, such parameters are 1-element views of the same storage (nothing else, e.g.
+    the gradient hooks ZeRO installs later, ever sees them reshaped)."""
+    from deepspeed.runtime.engine import DeepSpeedEngine
+
+    original = DeepSpeedEngine._broadcast_model
+
+    def patched(self):
+        scalars = [p for p in self.module.parameters() if p.dim() == 0]
+        for p in scalars:
+            p.data = p.data.reshape(1)
+        try:
+            return original(self)
+        finally:
+            for p in scalars:
+                p.data = p.data.reshape(())
+
+    DeepSpeedEngine._broadcast_model = patched
+    try:
+        yield
+    finally:
+        DeepSpeedEngine._broadcast_model = original
+
+
 def initialize(module: nn.Module, model: nn.Module, optim: OptimConfig, ds_config: dict):
     """``deepspeed.initialize`` with the client AdamW built from ``model``'s parameter groups.
     ``module`` is the training wrapper (it owns ``model``)."""
@@ -386,7 +413,8 @@ def initialize(module: nn.Module, model: nn.Module, optim: OptimConfig, ds_confi
 
     require_deepspeed_internals(ds_config.get("zero_optimization", {}).get("stage", 0))
     optimizer = build_optimizer(model, optim, device=_accelerator_device())
-    engine, optimizer, _, _ = deepspeed.initialize(model=module, optimizer=optimizer, config=ds_config)
+    with broadcast_scalar_params():  # ZeRO 0-2 broadcast the parameters at start
+        engine, optimizer, _, _ = deepspeed.initialize(model=module, optimizer=optimizer, config=ds_config)
     require_engine_internals(engine, model)
     return engine, optimizer
 
