@@ -185,7 +185,10 @@ def _slow_corpus(root, n_images=1500):
 def _start_and_stop(cmd, out, sig):
     """Start ``cmd``, send ``sig`` to its process group once it has completed one new shard."""
     done = len(glob.glob(os.path.join(out, ".progress", "pairs-*.tar.json")))
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, start_new_session=True)
+    # niced: on 2 cores the run's 3 busy processes would otherwise starve this poller, which
+    # then wakes after the run has finished (seen once in a clean-clone suite)
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, start_new_session=True,
+                            preexec_fn=lambda: os.nice(10))
     state = os.path.join(out, ".progress", f"pairs-{done:06d}.tar.json")
     deadline = time.time() + 120
     while not os.path.exists(state) and proc.poll() is None and time.time() < deadline:

@@ -37,6 +37,10 @@ import pytest
 from fixtures_finetune import TEST_SETTINGS, finetune_cmd, official_tiny_th
 from fixtures_pretrain import tail, torchrun_cmd
 
+# ~6 min on 2 cores (a 200-step pretraining, then 15 fine-tuning runs): `make test-long`, which
+# keeps `make test` well under 20 minutes
+pytestmark = pytest.mark.long
+
 REPO = Path(__file__).resolve().parents[1]
 INITS = ("export", "official", "random")
 
