@@ -182,13 +182,19 @@ def _slow_corpus(root, n_images=1500):
     return path
 
 
+def _as_a_foreground_run():
+    """In the child: Ctrl-C (SIGINT) back to its default. A test suite started as a background
+    job of a non-interactive shell (`make test &`, nohup) inherits SIGINT ignored, and Python then
+    installs no KeyboardInterrupt handler: the run would ignore the stop and finish. Niced, so
+    that on 2 cores the run's 3 busy processes do not starve the poller."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    os.nice(10)
+
+
 def _start_and_stop(cmd, out, sig):
     """Start ``cmd``, send ``sig`` to its process group once it has completed one new shard."""
     done = len(glob.glob(os.path.join(out, ".progress", "pairs-*.tar.json")))
-    # niced: on 2 cores the run's 3 busy processes would otherwise starve this poller, which
-    # then wakes after the run has finished (seen once in a clean-clone suite)
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, start_new_session=True,
-                            preexec_fn=lambda: os.nice(10))
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, start_new_session=True, preexec_fn=_as_a_foreground_run)
     state = os.path.join(out, ".progress", f"pairs-{done:06d}.tar.json")
     deadline = time.time() + 120
     while not os.path.exists(state) and proc.poll() is None and time.time() < deadline:
