@@ -275,17 +275,23 @@ def load_state_from_rank0(model: nn.Module, state: dict | None, rank: int, stric
     return load_full_state_dict(model, state, rank, strict=strict)
 
 
+def _own_elements(param: nn.Parameter) -> tuple[int, int]:
+    """(offset in the flattened full parameter, count) of the elements this rank's ZeRO-3
+    partition holds; the last partition is padded, so the count can be short or 0."""
+    import torch.distributed as dist
+
+    n_local = param.ds_tensor.numel()
+    start = n_local * (dist.get_rank(group=param.ds_process_group) if dist.is_initialized() else 0)
+    return start, max(0, min(n_local, param.ds_numel - start))
+
+
 def _write_own_partition(param: nn.Parameter, full: torch.Tensor, target: torch.Tensor | None = None) -> None:
     """Write this rank's slice of ``full`` into a ZeRO-3 parameter's local partition (or into
     ``target``, a tensor laid out like it: the optimizer's fp32 master slice). The last
     partition is padded, so only the elements that exist are written."""
-    import torch.distributed as dist
-
     part = param.ds_tensor if target is None else target
-    n = param.ds_tensor.numel()
-    start = n * dist.get_rank(group=param.ds_process_group)
+    start, k = _own_elements(param)
     flat = full.reshape(-1).to(part.dtype)
-    k = max(0, min(part.numel(), flat.numel() - start))
     if k:
         with torch.no_grad():
             part.data.view(-1)[:k].copy_(flat[start:start + k])
@@ -317,11 +323,9 @@ def clamp_parameter_(param: nn.Parameter, lo: float, hi: float) -> tuple[bool, f
     """In-place clamp of a (maybe partitioned) parameter and of the optimizer's fp32 master copy
     (otherwise the next step would undo it). Collective under ZeRO-3: call on every rank.
     Returns (changed, value after the clamp) for a scalar parameter."""
-    import deepspeed
     from deepspeed.utils import safe_set_full_fp32_param
 
-    with deepspeed.zero.GatheredParameters([param], modifier_rank=None):
-        full = param.data.detach().clone()
+    full = read_parameter(param)
     clamped = full.clamp(lo, hi)
     changed = not torch.equal(full, clamped)
     if changed:
@@ -345,14 +349,10 @@ def clamp_partition_(param: nn.Parameter, lo: float, hi: float) -> None:
     place (a clamp is elementwise, so the gathered result is the same). The padded tail of the
     last partition is left alone. A parameter that is not partitioned (ZeRO 0-2) falls back to
     :func:`clamp_parameter_`, whose host read is then the only cost."""
-    import torch.distributed as dist
-
     if not hasattr(param, "ds_tensor"):
         clamp_parameter_(param, lo, hi)
         return
-    n_local = param.ds_tensor.numel()
-    start = n_local * (dist.get_rank(group=param.ds_process_group) if dist.is_initialized() else 0)
-    k = max(0, min(n_local, param.ds_numel - start))
+    _, k = _own_elements(param)
     if not k:
         return
     targets = [param.ds_tensor.data.view(-1)[:k]]
