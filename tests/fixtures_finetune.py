@@ -38,9 +38,12 @@ class FinetuneCheckpoints:
         return self.world.parent
 
 
-def finetune_env(ckpts: FinetuneCheckpoints, **extra) -> dict:
+def finetune_env(ckpts: FinetuneCheckpoints | Path, **extra) -> dict:
+    """The runs' environment; ``ckpts`` or directly the XFM_DATA directory. ``extra`` overrides
+    (e.g. OMP_NUM_THREADS=2 for a run that has the machine to itself)."""
+    xfm_data = ckpts.xfm_data if isinstance(ckpts, FinetuneCheckpoints) else ckpts
     env = dict(os.environ)
-    env.update(XFM_DATA=str(ckpts.xfm_data), OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu",
+    env.update(XFM_DATA=str(xfm_data), OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu",
                TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
     env.update({k: str(v) for k, v in extra.items()})
     return env

@@ -26,7 +26,6 @@ pretrained vision encoder tell apart after 200 steps.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -34,7 +33,7 @@ from pathlib import Path
 
 import pytest
 
-from fixtures_finetune import TEST_SETTINGS, finetune_cmd, official_tiny_th
+from fixtures_finetune import finetune_cmd, finetune_env, official_tiny_th
 from fixtures_pretrain import tail, torchrun_cmd
 
 # ~6 min on 2 cores (a 200-step pretraining, then 15 fine-tuning runs): `make test-long`, which
@@ -61,11 +60,6 @@ TASKS = {
 }
 
 
-def _env(xfm_data: Path, threads: int) -> dict:
-    return dict(os.environ, XFM_DATA=str(xfm_data), OMP_NUM_THREADS=str(threads), DS_ACCELERATOR="cpu",
-                TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
-
-
 @pytest.fixture(scope="module")
 def ci_checkpoints(tmp_path_factory, ds_comm_op) -> dict:
     import torch
@@ -79,7 +73,7 @@ def ci_checkpoints(tmp_path_factory, ds_comm_op) -> dict:
     run = root / "run"
     cmd = torchrun_cmd(1, ["-m", "xfm.pretrain.cli", "--config", str(REPO / "configs/pretrain/tiny_ci.yaml"),
                            "--out", str(run), "--set", "logging.progress=false"])
-    proc = subprocess.run(cmd, cwd=REPO, env=_env(root, 2), capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(cmd, cwd=REPO, env=finetune_env(root, OMP_NUM_THREADS=2), capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, tail(proc)
     records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     itc = [r["loss/pairs/itc"] for r in records if "loss/pairs/itc" in r]
@@ -104,7 +98,7 @@ def results(ci_checkpoints) -> dict:
         out = root / "ft" / f"{task}_{init}"
         cmd = finetune_cmd(task, REPO / "configs" / "finetune" / f"{task}.yaml", ci_checkpoints[init], out,
                            [*settings, *extra])
-        proc = subprocess.run(cmd, cwd=REPO, env=_env(root, 1), capture_output=True, text=True, timeout=900)
+        proc = subprocess.run(cmd, cwd=REPO, env=finetune_env(root), capture_output=True, text=True, timeout=900)
         assert proc.returncode == 0, f"{task} from {init}:\n{tail(proc)}"
         return json.loads((out / "eval.json").read_text()), proc.stdout
 
