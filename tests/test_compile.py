@@ -146,9 +146,9 @@ ZERO_SCRIPT = textwrap.dedent("""
             model.compile_blocks(backend="aot_eager")
         opt = build_optimizer(model, OptimConfig(lr=1e-3, warmup_steps=0))
         # DeepSpeed 0.19.8 cannot broadcast the 0-dim temperature below ZeRO-3 on its own; the
-        # fine-tuning loop's fix is used, as fine-tuning is where ZeRO-2 runs
-        from xfm.finetune.loop import _broadcast_scalar_params
-        with _broadcast_scalar_params():
+        # engine's fix (used by pretraining and fine-tuning alike)
+        from xfm.runtime.engine import broadcast_scalar_params
+        with broadcast_scalar_params():
             engine, *_ = deepspeed.initialize(model=model, optimizer=opt, config=ds)
         losses = []
         for step in range(3):
