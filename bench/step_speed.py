@@ -1,6 +1,8 @@
-"""Eager vs compiled (``model.compile``) training step, one process, interleaved A/B.
+"""Eager vs compiled (``model.compile``) training step: one process (interleaved A/B) or 2 ZeRO-3 ranks.
 
     python bench/step_speed.py [--configs demo,64px,224px] [--steps 6] [--threads 2] [--profile]
+    python bench/step_speed.py --nproc 2 [--configs demo] [--steps 8]
+    python bench/step_speed.py --precision bf16 [--configs 224px]   (CPU autocast, both models)
 
 One step = the pairs stream (ITC, ITM with hard negatives, fusion MLM, MIM: every encoder, the
 largest objective mix) forward + backward + AdamW step, fp32. The eager and the compiled model
@@ -14,9 +16,17 @@ run that compiled from scratch matched to 8e-8, but a second run served from ind
 cache drew other dropout masks (losses 5e-5 apart at step 0); compare losses on a cold cache
 (``TORCHINDUCTOR_FORCE_DISABLE_CACHES=1``).
 
-Compile time = the compiled model's first step minus the eager model's mean step. Prints one JSON
+Step times are medians over the steps after the compiling ones. Compile time = the compiled
+model's first steps minus as many median eager steps. Prints one JSON
 line per config and a table; ``--profile`` adds the top ops (torch.profiler, self CPU time) of one
 eager and one compiled step.
+
+``--nproc 2``: the same step as DeepSpeed ZeRO-3 runs it on 2 ranks (gloo, our generated config,
+``xfm.runtime.engine``: the model built partitioned, the client AdamW on the flat partitions, ITC
+gathering features over both ranks), each rank with its own batch of the config's size and
+``threads / 2`` threads. Two engines cannot alternate in one process, so the eager engine runs
+its steps first, then the compiled one (same weights, same batches, same seeds); samples/s count
+both ranks.
 
 Configs (vocabulary 1000, 30-token captions, heads of width 32-64):
 - ``demo``: the demo model (configs/model/demo.yaml: 64 px, width 128, 2+2+2 layers), batch 32;
@@ -62,6 +72,9 @@ def configs():
     return {"demo": (demo, 32), "64px": (d64, 64), "224px": (d224, 16)}
 
 
+AUTOCAST = {"dtype": "fp32"}  # set by --precision (one-process runs)
+
+
 def one_step(model, opt, batch, step):
     import torch
     from xfm.objectives import STREAM_LOSSES, LossContext
@@ -69,8 +82,9 @@ def one_step(model, opt, batch, step):
     torch.manual_seed(step)
     ctx = LossContext(generator=torch.Generator().manual_seed(step))
     t = time.perf_counter()
-    losses = STREAM_LOSSES["pairs"](model, batch, ctx)
-    loss = sum(losses.values())
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=AUTOCAST["dtype"] == "bf16"):
+        losses = STREAM_LOSSES["pairs"](model, batch, ctx)
+        loss = sum(losses.values())
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
@@ -81,7 +95,11 @@ def run_config(name, cfg, batch_size, steps, profile):
     import torch
     from fixtures_model import make_pairs_batch
     from xfm.model import XFM
+    from xfm.model.compile import repeated_blocks
 
+    from torch._dynamo.utils import counters
+
+    counters.clear()  # the graph counts below are this config's
     torch.manual_seed(0)
     eager = XFM(cfg)
     compiled = XFM(cfg)
@@ -101,10 +119,11 @@ def run_config(name, cfg, batch_size, steps, profile):
         print(f"  {name} step {s}: eager {times['eager'][-1]:.3f}s compiled {times['compiled'][-1]:.3f}s "
               f"loss {losses['eager'][-1]:.6f} / {losses['compiled'][-1]:.6f}", file=sys.stderr, flush=True)
     warm = 2 if steps > 3 else 1  # the compiled model's first steps compile (forward, then backward)
-    eager_s = statistics.mean(times["eager"][warm:])
-    comp_s = statistics.mean(times["compiled"][warm:])
+    # medians: one slow step of a loaded machine must not decide the ratio
+    eager_s = statistics.median(times["eager"][warm:])
+    comp_s = statistics.median(times["compiled"][warm:])
     rel = max(abs(a - b) / max(abs(a), 1e-12) for a, b in zip(losses["eager"], losses["compiled"]))
-    rec = {"config": name, "batch": batch_size, "steps_measured": steps - warm,
+    rec = {"config": name, "batch": batch_size, "steps_measured": steps - warm, "statistic": "median",
            "eager_samples_per_s": round(batch_size / eager_s, 2),
            "compiled_samples_per_s": round(batch_size / comp_s, 2),
            "ratio": round(eager_s / comp_s, 3),
@@ -112,9 +131,97 @@ def run_config(name, cfg, batch_size, steps, profile):
            "losses_eager": [round(x, 6) for x in losses["eager"]],
            "losses_compiled": [round(x, 6) for x in losses["compiled"]],
            "max_rel_loss_diff": rel, "load_avg": os.getloadavg()[0]}
+    rec["dynamo"] = {"unique_graphs": counters["stats"]["unique_graphs"],
+                     "graph_breaks": sum(counters["graph_break"].values()),
+                     "blocks": len(repeated_blocks(compiled))}
     if profile:
         rec["profile"] = {m: top_ops(models[m], opts[m], batches[-1], steps) for m in ("eager", "compiled")}
     return rec
+
+
+DIST_WORKER = "--dist-worker"
+
+
+def dist_worker(name: str, steps: int, compiled_rng: str) -> None:
+    """One rank of the ``--nproc`` run (started by torch.distributed.run)."""
+    import deepspeed
+    import torch
+    import torch._inductor.config as inductor_config
+    import torch.distributed as dist
+    from fixtures_model import make_pairs_batch
+    from xfm.model import XFM
+    from xfm.objectives import LossContext
+    from xfm.runtime.config import EngineConfig, OptimConfig
+    from xfm.model.compile import repeated_blocks
+    from xfm.runtime.engine import build_model, deepspeed_config, initialize
+
+    inductor_config.fallback_random = compiled_rng == "eager"
+    deepspeed.init_distributed(dist_backend="gloo", auto_mpi_discovery=False)
+    rank, world = dist.get_rank(), dist.get_world_size()
+    cfg, batch_size = configs()[name]
+    ds = deepspeed_config(EngineConfig(zero_stage=3, precision="fp32"), world)
+    batches = [make_pairs_batch(cfg, batch_size=batch_size, length=30, seed=s * world + rank) for s in range(steps)]
+    rec = {}
+    for mode in ("eager", "compiled"):
+        torch.manual_seed(0)
+        model = build_model(lambda init_weights=True: XFM(cfg, init_weights=init_weights), ds, 3)
+        if mode == "compiled":
+            model.compile_blocks()
+        engine, _ = initialize(model, model, OptimConfig(lr=1e-4, warmup_steps=0), ds)
+        times, losses = [], []
+        for s, batch in enumerate(batches):
+            torch.manual_seed(s * world + rank)
+            ctx = LossContext(world_size=world, rank=rank, generator=torch.Generator().manual_seed(s))
+            dist.barrier()
+            t = time.perf_counter()
+            loss = sum(engine("pairs", batch, ctx).values())
+            engine.backward(loss)
+            engine.step()
+            dist.barrier()
+            times.append(time.perf_counter() - t)
+            losses.append(float(loss.detach()))
+            if rank == 0:
+                print(f"  {name} {mode} step {s}: {times[-1]:.3f}s loss {losses[-1]:.6f}", file=sys.stderr, flush=True)
+        rec[mode] = {"times": times, "losses": losses}
+        if mode == "compiled":  # why compiling pays less under ZeRO-3: the graphs it was cut into
+            from torch._dynamo.utils import counters
+            rec["dynamo"] = {"unique_graphs": counters["stats"]["unique_graphs"],
+                             "graph_breaks": sum(counters["graph_break"].values()),
+                             "blocks": len(repeated_blocks(model))}
+        engine.destroy()
+    if rank == 0:
+        print("RESULT " + json.dumps(rec), flush=True)
+
+
+def run_config_dist(name, batch_size, steps, nproc, threads, compiled_rng):
+    import socket
+    import subprocess
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS=str(max(1, threads // nproc)),
+               PYTHONPATH=str(REPO))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+           "--master_addr", "127.0.0.1", "--master_port", str(port), __file__, DIST_WORKER, name,
+           str(steps), compiled_rng]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
+    if proc.returncode:
+        raise SystemExit(f"{name}: the {nproc}-rank run exited with {proc.returncode}")
+    res = json.loads(next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT "))[7:])
+    warm = 2 if steps > 3 else 1
+    eager_s = statistics.median(res["eager"]["times"][warm:])
+    comp_s = statistics.median(res["compiled"]["times"][warm:])
+    le, lc = res["eager"]["losses"], res["compiled"]["losses"]
+    return {"config": name, "nproc": nproc, "zero_stage": 3, "batch_per_rank": batch_size,
+            "steps_measured": steps - warm, "statistic": "median",
+            "eager_samples_per_s": round(nproc * batch_size / eager_s, 2),
+            "compiled_samples_per_s": round(nproc * batch_size / comp_s, 2),
+            "ratio": round(eager_s / comp_s, 3),
+            "compile_time_s": round(sum(res["compiled"]["times"][:warm]) - warm * eager_s, 1),
+            "losses_eager": [round(x, 6) for x in le], "losses_compiled": [round(x, 6) for x in lc],
+            "max_rel_loss_diff": max(abs(a - b) / max(abs(a), 1e-12) for a, b in zip(le, lc)),
+            "dynamo": res.get("dynamo"), "load_avg": os.getloadavg()[0]}
 
 
 def top_ops(model, opt, batch, step, n=12):
@@ -128,6 +235,10 @@ def top_ops(model, opt, batch, step, n=12):
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == DIST_WORKER:
+        dist_worker(argv[1], int(argv[2]), argv[3])
+        return 0
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--configs", default="demo,64px,224px")
     p.add_argument("--steps", type=int, default=6)
@@ -135,7 +246,13 @@ def main(argv=None) -> int:
     p.add_argument("--compiled-rng", choices=["eager", "inductor"], default="eager",
                    help="eager: compiled blocks draw dropout masks exactly as eager (losses comparable)")
     p.add_argument("--profile", action="store_true")
+    p.add_argument("--nproc", type=int, default=1, help="2: DeepSpeed ZeRO-3 on that many ranks (gloo)")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                   help="bf16: torch.autocast on CPU around forward and loss, eager and compiled alike (one process)")
     args = p.parse_args(argv)
+    if args.precision != "fp32" and args.nproc > 1:
+        p.error("--precision bf16 is for one-process runs (the engine's own bf16 is engine.precision)")
+    AUTOCAST["dtype"] = args.precision
 
     import torch
     import torch._inductor.config as inductor_config
@@ -146,13 +263,19 @@ def main(argv=None) -> int:
     records = []
     for name in args.configs.split(","):
         cfg, batch = all_cfgs[name]
-        rec = run_config(name, cfg, batch, args.steps, args.profile)
-        rec.update(threads=args.threads, compiled_rng=args.compiled_rng, torch=torch.__version__)
+        if args.nproc > 1:
+            rec = run_config_dist(name, batch, args.steps, args.nproc, args.threads, args.compiled_rng)
+            batch *= args.nproc
+        else:
+            rec = run_config(name, cfg, batch, args.steps, args.profile)
+        rec.update(threads=args.threads, compiled_rng=args.compiled_rng, precision=args.precision,
+                   torch=torch.__version__)
         print(json.dumps(rec), flush=True)
         records.append(rec)
     print(f"\n{'config':8s} {'batch':>5s} {'eager/s':>9s} {'compiled/s':>10s} {'ratio':>6s} {'compile s':>9s} "
           f"{'max rel dloss':>13s} {'load':>5s}")
     for r in records:
+        r.setdefault("batch", r.get("batch_per_rank", 0) * r.get("nproc", 1))
         print(f"{r['config']:8s} {r['batch']:5d} {r['eager_samples_per_s']:9.2f} {r['compiled_samples_per_s']:10.2f} "
               f"{r['ratio']:6.3f} {r['compile_time_s']:9.1f} {r['max_rel_loss_diff']:13.2e} {r['load_avg']:5.1f}")
     return 0
