@@ -30,21 +30,24 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
+
+from xfm.finetune.tasks.grounding import box_loss, predict_boxes
 
 
-def load_split(world: Path, split: str, tokenizer, size: int):
-    from PIL import Image
+def load_split(world: Path, split: str, tokenizer, model_cfg):
+    """The split as the grounding task's evaluation sees it (its reader, eval transform and
+    normalised target), stacked: (pictures, ids, mask, target cx/cy/w/h, picture sizes)."""
+    from xfm.finetune.task import pad_ids, text_capacity
+    from xfm.finetune.tasks.grounding import (GroundingAugment, GroundingConfig, GroundingItems,
+                                              read_grounding_split)
 
-    from xfm.finetune.images import eval_transform
-
-    rows = [json.loads(line) for line in (world / "grounding" / f"refcoco_{split}.jsonl").read_text().splitlines()]
-    images = torch.stack([eval_transform(Image.open(world / r["image"]).convert("RGB"), size) for r in rows])
-    enc = tokenizer([r["text"] for r in rows], padding=True, return_tensors="pt")
-    wh = torch.tensor([[r["width"], r["height"]] for r in rows], dtype=torch.float32)
-    boxes = torch.tensor([r["bbox"] for r in rows], dtype=torch.float32)  # x, y, w, h pixels
-    target = torch.cat([(boxes[:, :2] + boxes[:, 2:] / 2) / wh, boxes[:, 2:] / wh], 1)  # cx, cy, w, h
-    return images, enc["input_ids"], enc["attention_mask"], target, wh
+    cfg = GroundingConfig(files={split: [str(world / "grounding" / f"refcoco_{split}.jsonl")]}, image_root=str(world))
+    items = GroundingItems(read_grounding_split(cfg, split), tokenizer, text_capacity(model_cfg, cfg.max_len),
+                           model_cfg.vision.image_size, train=False, aug=GroundingAugment())
+    rows = [items[i] for i in range(len(items))]
+    ids, mask = pad_ids([r["ids"] for r in rows], tokenizer.pad_token_id)
+    return (torch.stack([r["image"] for r in rows]), ids, mask, torch.stack([r["target"] for r in rows]),
+            torch.tensor([r["size"] for r in rows], dtype=torch.float32))
 
 
 def add_absolute_positions(model) -> None:
@@ -55,23 +58,12 @@ def add_absolute_positions(model) -> None:
     vision.patch_embed.register_forward_hook(lambda m, _inp, out: out + m.abs_pos.to(out.dtype))
 
 
-def predict(model, images, ids, mask):
-    text = model.encode_text(ids, mask)
-    return model.predict_bbox(model.fuse(model.encode_image(images), None, text, mask)).float()
-
-
-def box_loss(pred, target):
-    from xfm.objectives.losses import giou_loss
-
-    return F.l1_loss(pred, target, reduction="none").sum(1).mean() + giou_loss(pred, target).mean()
-
-
 def constant_box_loss(target, steps: int = 500) -> float:
     """The loss of the best single box for every phrase (what a model that ignores its inputs reaches)."""
     logit = torch.zeros(4, requires_grad=True)
     opt = torch.optim.Adam([logit], lr=0.05)
     for _ in range(steps):
-        loss = box_loss(logit.sigmoid().expand_as(target), target)
+        loss = box_loss(logit.sigmoid().expand_as(target), target)[0]
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -79,18 +71,18 @@ def constant_box_loss(target, steps: int = 500) -> float:
 
 
 def evaluate(model, split) -> dict:
-    from xfm.finetune.metrics import box_iou_inclusive, normalized_cxcywh_to_xywh
+    from xfm.finetune.metrics import box_iou_inclusive, grounding_accuracy
+    from xfm.finetune.tasks.grounding import IOU_THRESHOLD, GroundingTask
 
-    images, ids, mask, target, wh = split
+    images, ids, mask, target, size = split
     model.eval()
     with torch.no_grad():
-        pred = predict(model, images, ids, mask)
+        pred = predict_boxes(model, images, ids, mask)
     model.train()
-    w, h = wh[:, 0].double().numpy(), wh[:, 1].double().numpy()
-    iou = box_iou_inclusive(normalized_cxcywh_to_xywh(pred.double().numpy(), w, h),
-                            normalized_cxcywh_to_xywh(target.double().numpy(), w, h))
+    pred_px, true_px = (GroundingTask.pixel_boxes({"box": b, "size": size}) for b in (pred, target))
     centre_in = ((pred[:, 0] - target[:, 0]).abs() < target[:, 2] / 2) & ((pred[:, 1] - target[:, 1]).abs() < target[:, 3] / 2)
-    return {"acc@0.5": float(np.mean(iou >= 0.5)), "mean_iou": float(np.mean(iou)),
+    return {"acc@0.5": grounding_accuracy(pred_px, true_px, IOU_THRESHOLD),
+            "mean_iou": float(np.mean(box_iou_inclusive(pred_px, true_px))),
             "centre_in": float(centre_in.float().mean()), "spread": float(pred.std(0).mean())}
 
 
@@ -116,8 +108,7 @@ def main(argv=None) -> int:
     if args.abs_pos:
         add_absolute_positions(model)
     tokenizer = AutoTokenizer.from_pretrained(world / "tokenizer")
-    size = model.config.vision.image_size
-    train, val = load_split(world, "train", tokenizer, size), load_split(world, "val", tokenizer, size)
+    train, val = (load_split(world, split, tokenizer, model.config) for split in ("train", "val"))
     print(json.dumps({"train_phrases": len(train[0]), "val_phrases": len(val[0]),
                       "constant_box_train_loss": round(constant_box_loss(train[3]), 4)}), flush=True)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
@@ -133,7 +124,7 @@ def main(argv=None) -> int:
             break
         idx = torch.randint(0, len(train[0]), (args.batch,), generator=gen)
         images, ids, mask, target, _ = (x[idx] for x in train)
-        loss = box_loss(predict(model, images, ids, mask), target)
+        loss = box_loss(predict_boxes(model, images, ids, mask), target)[0]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

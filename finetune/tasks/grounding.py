@@ -155,6 +155,19 @@ class BoxKeepingTransform:
         return normalise(img), np.clip(target, 0.0, 1.0), flipped
 
 
+def predict_boxes(xfm, image, ids, mask) -> torch.Tensor:
+    """(B, 4) normalised (cx, cy, w, h): the box head on fusion token 0 of (picture, phrase)."""
+    text = xfm.encode_text(ids, mask)
+    return xfm.predict_bbox(xfm.fuse(xfm.encode_image(image), None, text, mask)).float()
+
+
+def box_loss(pred: torch.Tensor, target: torch.Tensor):
+    """(total, L1, GIoU part): L1 summed over the 4 coordinates + (1 - GIoU), each a batch mean."""
+    l1 = F.l1_loss(pred, target, reduction="none").sum(1).mean()
+    giou = giou_loss(pred, target).mean()
+    return l1 + giou, l1, giou
+
+
 class GroundingItems(torch.utils.data.Dataset):
     def __init__(self, examples, tokenizer, max_len: int, size: int, train: bool, aug: GroundingAugment):
         self.examples, self.tokenizer, self.max_len, self.size, self.train = examples, tokenizer, max_len, size, train
@@ -210,16 +223,12 @@ class GroundingTask(Task):
                 "size": torch.tensor([it["size"] for it in items], dtype=torch.float32)}
 
     def boxes(self, model, batch):
-        text = model.xfm.encode_text(batch["ids"], batch["mask"])
-        image = model.xfm.encode_image(batch["image"])
-        return model.xfm.predict_bbox(model.xfm.fuse(image, None, text, batch["mask"])).float()
+        return predict_boxes(model.xfm, batch["image"], batch["ids"], batch["mask"])
 
     def loss(self, model, batch, ctx):
         pred = self.boxes(model, batch)
-        target = batch["target"].to(pred.dtype)
-        l1 = F.l1_loss(pred, target, reduction="none").sum(1).mean()
-        giou = giou_loss(pred, target).mean()
-        return l1 + giou, {"l1": l1.detach(), "giou": giou.detach()}
+        total, l1, giou = box_loss(pred, batch["target"].to(pred.dtype))
+        return total, {"l1": l1.detach(), "giou": giou.detach()}
 
     def predict(self, model, batch, ctx):
         return {"box": self.boxes(model, batch), "size": batch["size"]}
