@@ -91,13 +91,38 @@ def one_step(model, opt, batch, step):
     return time.perf_counter() - t, float(loss)
 
 
+def summarise(times: dict, losses: dict, samples_per_step: int) -> dict:
+    """Medians of the steps after the compiling ones, their ratio, compile time, loss agreement."""
+    steps = len(times["eager"])
+    warm = 2 if steps > 3 else 1  # the compiled model's first steps compile (forward, then backward)
+    # medians: one slow step of a loaded machine must not decide the ratio
+    eager_s = statistics.median(times["eager"][warm:])
+    comp_s = statistics.median(times["compiled"][warm:])
+    le, lc = losses["eager"], losses["compiled"]
+    return {"steps_measured": steps - warm, "statistic": "median",
+            "eager_samples_per_s": round(samples_per_step / eager_s, 2),
+            "compiled_samples_per_s": round(samples_per_step / comp_s, 2),
+            "ratio": round(eager_s / comp_s, 3),
+            "compile_time_s": round(sum(times["compiled"][:warm]) - warm * eager_s, 1),
+            "losses_eager": [round(x, 6) for x in le], "losses_compiled": [round(x, 6) for x in lc],
+            "max_rel_loss_diff": max(abs(a - b) / max(abs(a), 1e-12) for a, b in zip(le, lc)),
+            "load_avg": os.getloadavg()[0]}
+
+
+def dynamo_counts(model) -> dict:
+    """How many graphs dynamo made of the compiled blocks (since the last ``counters.clear()``)."""
+    from torch._dynamo.utils import counters
+    from xfm.model.compile import repeated_blocks
+
+    return {"unique_graphs": counters["stats"]["unique_graphs"],
+            "graph_breaks": sum(counters["graph_break"].values()), "blocks": len(repeated_blocks(model))}
+
+
 def run_config(name, cfg, batch_size, steps, profile):
     import torch
     from fixtures_model import make_pairs_batch
-    from xfm.model import XFM
-    from xfm.model.compile import repeated_blocks
-
     from torch._dynamo.utils import counters
+    from xfm.model import XFM
 
     counters.clear()  # the graph counts below are this config's
     torch.manual_seed(0)
@@ -118,22 +143,8 @@ def run_config(name, cfg, batch_size, steps, profile):
             losses[m].append(loss)
         print(f"  {name} step {s}: eager {times['eager'][-1]:.3f}s compiled {times['compiled'][-1]:.3f}s "
               f"loss {losses['eager'][-1]:.6f} / {losses['compiled'][-1]:.6f}", file=sys.stderr, flush=True)
-    warm = 2 if steps > 3 else 1  # the compiled model's first steps compile (forward, then backward)
-    # medians: one slow step of a loaded machine must not decide the ratio
-    eager_s = statistics.median(times["eager"][warm:])
-    comp_s = statistics.median(times["compiled"][warm:])
-    rel = max(abs(a - b) / max(abs(a), 1e-12) for a, b in zip(losses["eager"], losses["compiled"]))
-    rec = {"config": name, "batch": batch_size, "steps_measured": steps - warm, "statistic": "median",
-           "eager_samples_per_s": round(batch_size / eager_s, 2),
-           "compiled_samples_per_s": round(batch_size / comp_s, 2),
-           "ratio": round(eager_s / comp_s, 3),
-           "compile_time_s": round(sum(times["compiled"][:warm]) - warm * eager_s, 1),
-           "losses_eager": [round(x, 6) for x in losses["eager"]],
-           "losses_compiled": [round(x, 6) for x in losses["compiled"]],
-           "max_rel_loss_diff": rel, "load_avg": os.getloadavg()[0]}
-    rec["dynamo"] = {"unique_graphs": counters["stats"]["unique_graphs"],
-                     "graph_breaks": sum(counters["graph_break"].values()),
-                     "blocks": len(repeated_blocks(compiled))}
+    rec = {"config": name, "batch": batch_size,
+           **summarise(times, losses, batch_size), "dynamo": dynamo_counts(compiled)}
     if profile:
         rec["profile"] = {m: top_ops(models[m], opts[m], batches[-1], steps) for m in ("eager", "compiled")}
     return rec
@@ -152,7 +163,6 @@ def dist_worker(name: str, steps: int, compiled_rng: str) -> None:
     from xfm.model import XFM
     from xfm.objectives import LossContext
     from xfm.runtime.config import EngineConfig, OptimConfig
-    from xfm.model.compile import repeated_blocks
     from xfm.runtime.engine import build_model, deepspeed_config, initialize
 
     inductor_config.fallback_random = compiled_rng == "eager"
@@ -161,7 +171,7 @@ def dist_worker(name: str, steps: int, compiled_rng: str) -> None:
     cfg, batch_size = configs()[name]
     ds = deepspeed_config(EngineConfig(zero_stage=3, precision="fp32"), world)
     batches = [make_pairs_batch(cfg, batch_size=batch_size, length=30, seed=s * world + rank) for s in range(steps)]
-    rec = {}
+    rec = {"times": {}, "losses": {}}
     for mode in ("eager", "compiled"):
         torch.manual_seed(0)
         model = build_model(lambda init_weights=True: XFM(cfg, init_weights=init_weights), ds, 3)
@@ -182,46 +192,28 @@ def dist_worker(name: str, steps: int, compiled_rng: str) -> None:
             losses.append(float(loss.detach()))
             if rank == 0:
                 print(f"  {name} {mode} step {s}: {times[-1]:.3f}s loss {losses[-1]:.6f}", file=sys.stderr, flush=True)
-        rec[mode] = {"times": times, "losses": losses}
+        rec["times"][mode], rec["losses"][mode] = times, losses
         if mode == "compiled":  # why compiling pays less under ZeRO-3: the graphs it was cut into
-            from torch._dynamo.utils import counters
-            rec["dynamo"] = {"unique_graphs": counters["stats"]["unique_graphs"],
-                             "graph_breaks": sum(counters["graph_break"].values()),
-                             "blocks": len(repeated_blocks(model))}
+            rec["dynamo"] = dynamo_counts(model)
         engine.destroy()
     if rank == 0:
         print("RESULT " + json.dumps(rec), flush=True)
 
 
 def run_config_dist(name, batch_size, steps, nproc, threads, compiled_rng):
-    import socket
     import subprocess
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
     env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS=str(max(1, threads // nproc)),
                PYTHONPATH=str(REPO))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-           "--master_addr", "127.0.0.1", "--master_port", str(port), __file__, DIST_WORKER, name,
-           str(steps), compiled_rng]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+           __file__, DIST_WORKER, name, str(steps), compiled_rng]
     proc = subprocess.run(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
     if proc.returncode:
         raise SystemExit(f"{name}: the {nproc}-rank run exited with {proc.returncode}")
     res = json.loads(next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT "))[7:])
-    warm = 2 if steps > 3 else 1
-    eager_s = statistics.median(res["eager"]["times"][warm:])
-    comp_s = statistics.median(res["compiled"]["times"][warm:])
-    le, lc = res["eager"]["losses"], res["compiled"]["losses"]
     return {"config": name, "nproc": nproc, "zero_stage": 3, "batch_per_rank": batch_size,
-            "steps_measured": steps - warm, "statistic": "median",
-            "eager_samples_per_s": round(nproc * batch_size / eager_s, 2),
-            "compiled_samples_per_s": round(nproc * batch_size / comp_s, 2),
-            "ratio": round(eager_s / comp_s, 3),
-            "compile_time_s": round(sum(res["compiled"]["times"][:warm]) - warm * eager_s, 1),
-            "losses_eager": [round(x, 6) for x in le], "losses_compiled": [round(x, 6) for x in lc],
-            "max_rel_loss_diff": max(abs(a - b) / max(abs(a), 1e-12) for a, b in zip(le, lc)),
-            "dynamo": res.get("dynamo"), "load_avg": os.getloadavg()[0]}
+            "batch": nproc * batch_size, **summarise(res["times"], res["losses"], nproc * batch_size),
+            "dynamo": res["dynamo"]}
 
 
 def top_ops(model, opt, batch, step, n=12):
@@ -265,7 +257,6 @@ def main(argv=None) -> int:
         cfg, batch = all_cfgs[name]
         if args.nproc > 1:
             rec = run_config_dist(name, batch, args.steps, args.nproc, args.threads, args.compiled_rng)
-            batch *= args.nproc
         else:
             rec = run_config(name, cfg, batch, args.steps, args.profile)
         rec.update(threads=args.threads, compiled_rng=args.compiled_rng, precision=args.precision,
@@ -275,7 +266,6 @@ def main(argv=None) -> int:
     print(f"\n{'config':8s} {'batch':>5s} {'eager/s':>9s} {'compiled/s':>10s} {'ratio':>6s} {'compile s':>9s} "
           f"{'max rel dloss':>13s} {'load':>5s}")
     for r in records:
-        r.setdefault("batch", r.get("batch_per_rank", 0) * r.get("nproc", 1))
         print(f"{r['config']:8s} {r['batch']:5d} {r['eager_samples_per_s']:9.2f} {r['compiled_samples_per_s']:10.2f} "
               f"{r['ratio']:6.3f} {r['compile_time_s']:9.1f} {r['max_rel_loss_diff']:13.2e} {r['load_avg']:5.1f}")
     return 0
