@@ -131,8 +131,7 @@ ZERO_SCRIPT = textwrap.dedent("""
     from xfm.model_config import model_config
     from xfm.objectives import LossContext
     from xfm.runtime.config import EngineConfig, OptimConfig
-    from xfm.runtime.engine import build_model, deepspeed_config
-    from xfm.runtime.optim import build_optimizer
+    from xfm.runtime.engine import build_model, deepspeed_config, initialize
 
     stage = int(sys.argv[1])
     deepspeed.init_distributed(dist_backend="gloo", auto_mpi_discovery=False)
@@ -144,12 +143,8 @@ ZERO_SCRIPT = textwrap.dedent("""
         model = build_model(lambda init_weights=True: XFM(cfg, init_weights=init_weights), ds, stage)
         if mode != "eager":
             model.compile_blocks(backend="aot_eager")
-        opt = build_optimizer(model, OptimConfig(lr=1e-3, warmup_steps=0))
-        # DeepSpeed 0.19.8 cannot broadcast the 0-dim temperature below ZeRO-3 on its own; the
-        # engine's fix (used by pretraining and fine-tuning alike)
-        from xfm.runtime.engine import broadcast_scalar_params
-        with broadcast_scalar_params():
-            engine, *_ = deepspeed.initialize(model=model, optimizer=opt, config=ds)
+        # the engine start pretraining uses (client AdamW; ZeRO 0-2's broadcast of the 0-dim temperature)
+        engine, _ = initialize(model, model, OptimConfig(lr=1e-3, warmup_steps=0), ds)
         losses = []
         for step in range(3):
             for stream in ("pairs",):
