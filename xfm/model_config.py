@@ -41,6 +41,9 @@ class TextConfig:
             raise ValueError(f"text.hidden_size {self.hidden_size} not divisible by num_heads {self.num_heads}")
 
 
+ABS_POS_EMBEDS = ("none", "sincos")
+
+
 @dataclass
 class VisionConfig:
     """Vision encoder: BEiT-v2 ViT (relative position bias, layer scale, mask token)."""
@@ -57,8 +60,18 @@ class VisionConfig:
     # how many of the last blocks run a second, box-restricted pass for region batches
     # (X-VLM "local attention"); 0 disables the restricted pass (box-pooled features only)
     region_attn_depth: int = 4
+    # "none" (BEiT-v2 and the official X-FM: positions only through the relative bias) or
+    # "sincos": a fixed 2-D sine-cosine table (timm's build_sincos2d_pos_embed, as MAE) added to
+    # the patch embeddings. A deep encoder infers absolute positions from the relative bias at the
+    # grid's edges; a 2-layer one does not, and without them a box head cannot localise
+    # (BENCHMARKS.md, "Grounding"). No parameters: checkpoints keep the official layout.
+    abs_pos_embed: str = "none"
 
     def __post_init__(self):
+        if self.abs_pos_embed not in ABS_POS_EMBEDS:
+            raise ValueError(f"vision.abs_pos_embed must be one of {list(ABS_POS_EMBEDS)}, got {self.abs_pos_embed!r}")
+        if self.abs_pos_embed == "sincos" and self.hidden_size % 4:
+            raise ValueError(f"vision.abs_pos_embed 'sincos' needs vision.hidden_size divisible by 4, got {self.hidden_size}")
         if self.hidden_size % self.num_heads:
             raise ValueError(f"vision.hidden_size {self.hidden_size} not divisible by num_heads {self.num_heads}")
         if self.image_size % self.patch_size:

@@ -5,7 +5,9 @@ Details that decide numerical parity with the official weights:
   ``attn.qkv`` projection;
 - a relative position bias table per block, (2H-1)(2W-1)+3 rows (the 3 extra rows: cls->token,
   token->cls, cls->cls), indexed by timm's ``gen_relative_position_index`` (non-persistent buffer);
-  no absolute position embedding;
+  no absolute position embedding (``vision.abs_pos_embed: sincos`` adds a fixed 2-D sine-cosine
+  table to the patch embeddings, after MIM masking so a masked patch keeps its position: a
+  non-persistent buffer, for small models that cannot infer positions; off in every preset);
 - layer scale ``gamma_1``/``gamma_2``; LayerNorm eps from the config (1e-6);
 - the CLS token takes part in attention in every block but is then dropped: ``fc_norm`` is applied
   to the patch tokens and output token 0 is their mean, so ``out[:, 0] == out[:, 1:].mean(1)``;
@@ -29,6 +31,7 @@ import math
 import torch
 import torch.nn as nn
 from timm.layers import DropPath, Mlp, PatchEmbed, trunc_normal_
+from timm.layers.pos_embed_sincos import build_sincos2d_pos_embed
 from timm.models.beit import gen_relative_position_index
 
 from xfm import kernels
@@ -121,6 +124,14 @@ class VisionEncoder(nn.Module):
         self.blocks = nn.ModuleList([BeitBlock(cfg, rates[i], backend, norm_impl) for i in range(n)])
         self.fc_norm = layer_norm(dim, cfg.layer_norm_eps, norm_impl)
         self.grad_checkpointing = False
+        if cfg.abs_pos_embed == "sincos":
+            self.register_buffer("pos_embed", self._sincos(), persistent=False)
+        else:
+            self.pos_embed = None
+
+    def _sincos(self, device=None) -> torch.Tensor:
+        grid = self.config.grid
+        return build_sincos2d_pos_embed([grid, grid], self.config.hidden_size, device=device).unsqueeze(0)
 
     @property
     def num_patches(self) -> int:
@@ -141,6 +152,8 @@ class VisionEncoder(nn.Module):
                 raise ValueError(f"mask_patches must be (batch, {x.shape[1]}) bool, got {tuple(mask_patches.shape)}")
             w = mask_patches.unsqueeze(-1).to(x.dtype)
             x = x * (1 - w) + self.mask_token.to(x.dtype) * w
+        if self.pos_embed is not None:
+            x = x + self.pos_embed.to(x.dtype)
         cls = self.cls_token.to(x.dtype).expand(x.shape[0], -1, -1)
         return torch.cat((cls, x), dim=1)
 
@@ -175,6 +188,8 @@ class VisionEncoder(nn.Module):
     def reset_buffers(self) -> None:
         for blk in self.blocks:
             blk.attn.reset_buffers()
+        if self.pos_embed is not None:
+            self.pos_embed = self._sincos(self.cls_token.device)
 
     def init_weights(self) -> None:
         """timm/BEiT init: trunc-normal(0.02) weights, zero biases, layer scale = init value,
