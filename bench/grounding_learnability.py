@@ -1,7 +1,7 @@
 """Can a checkpoint learn the grounding box at all? A plain PyTorch loop over a grounding set.
 
     python bench/grounding_learnability.py --checkpoint CKPT --world DATA/world
-        [--steps 1200] [--lr 3e-4] [--batch 32] [--abs-pos] [--every 400] [--seed 0]
+        [--steps 1200] [--lr 3e-4] [--batch 32] [--abs-pos-embed sincos] [--every 400] [--seed 0]
 
 The fine-tuning task (``xfm-finetune --task grounding``) answers "how good is the fine-tuned
 model"; this answers the question before it, cheaply (one process, no DeepSpeed, the whole set in
@@ -15,9 +15,11 @@ boxes towards the objects? Every ``--every`` steps it prints, on the val split:
 - ``spread``: standard deviation of the predicted boxes over the val phrases (0 = one box for all),
 - and the training loss next to the loss of the best constant box.
 
-``--abs-pos`` adds a learned absolute position embedding to the vision patches (X-FM's BEiT-v2
-encoder has none, only relative position bias), to test whether missing absolute positions are
-what stops the learning. The model is otherwise the checkpoint's, untouched.
+``--abs-pos-embed sincos`` runs the checkpoint's weights with the vision encoder's fixed 2-D
+sine-cosine position table switched on (``vision.abs_pos_embed``; X-FM's BEiT-v2 encoder has
+none, only the relative position bias, which starts at zero), to test whether missing absolute
+positions are what stops the learning. The table has no parameters, so every weight is the
+checkpoint's.
 """
 from __future__ import annotations
 
@@ -29,7 +31,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn as nn
 
 from xfm.finetune.tasks.grounding import box_loss, predict_boxes
 
@@ -50,12 +51,19 @@ def load_split(world: Path, split: str, tokenizer, model_cfg):
             torch.tensor([r["size"] for r in rows], dtype=torch.float32))
 
 
-def add_absolute_positions(model) -> None:
-    """A learned absolute position embedding on the patch tokens (a diagnostic, not X-FM)."""
-    vision = model.vision
-    n = (model.config.vision.image_size // model.config.vision.patch_size) ** 2
-    vision.patch_embed.abs_pos = nn.Parameter(torch.randn(1, n, vision.cls_token.shape[-1]) * 0.02)
-    vision.patch_embed.register_forward_hook(lambda m, _inp, out: out + m.abs_pos.to(out.dtype))
+def load_model(checkpoint: str, abs_pos_embed: str | None):
+    """The checkpoint's model, with the vision position table switched as asked (same weights)."""
+    from dataclasses import replace
+
+    from xfm.model import XFM
+
+    model = XFM.from_pretrained(checkpoint)
+    if abs_pos_embed is None or abs_pos_embed == model.config.vision.abs_pos_embed:
+        return model
+    cfg = model.config
+    switched = XFM(replace(cfg, vision=replace(cfg.vision, abs_pos_embed=abs_pos_embed)))
+    switched.load_state_dict(model.state_dict())
+    return switched
 
 
 def constant_box_loss(target, steps: int = 500) -> float:
@@ -95,18 +103,15 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--every", type=int, default=400)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--abs-pos", action="store_true", help="add a learned absolute position embedding")
+    ap.add_argument("--abs-pos-embed", choices=["none", "sincos"], default=None,
+                    help="switch the vision encoder's absolute position table (default: the checkpoint's)")
     args = ap.parse_args(argv)
 
     from transformers import AutoTokenizer
 
-    from xfm.model import XFM
-
     torch.manual_seed(args.seed)
     world = Path(args.world)
-    model = XFM.from_pretrained(args.checkpoint)
-    if args.abs_pos:
-        add_absolute_positions(model)
+    model = load_model(args.checkpoint, args.abs_pos_embed)
     tokenizer = AutoTokenizer.from_pretrained(world / "tokenizer")
     train, val = (load_split(world, split, tokenizer, model.config) for split in ("train", "val"))
     print(json.dumps({"train_phrases": len(train[0]), "val_phrases": len(val[0]),

@@ -39,18 +39,13 @@ def test_reports_validation_and_trains(prepared_world, tmp_path, capsys):
     assert evals[-1]["spread"] != evals[0]["spread"]  # the box head's outputs moved
 
 
-def test_absolute_positions_change_the_patches(tmp_path):
-    from xfm.model import XFM
-
-    model = XFM.from_pretrained(_random_checkpoint(tmp_path / "random"))
-    pixels = torch.randn(2, 3, model.config.vision.image_size, model.config.vision.image_size)
-    before = model.encode_image(pixels)
-    gl.add_absolute_positions(model)
-    names = [n for n, _ in model.named_parameters()]
-    assert "vision.patch_embed.abs_pos" in names  # an optimizer over model.parameters() trains it
+def test_switching_the_position_table_keeps_every_weight(tmp_path):
+    ck = _random_checkpoint(tmp_path / "random")
+    plain, switched = gl.load_model(str(ck), None), gl.load_model(str(ck), "sincos")
+    assert plain.config.vision.abs_pos_embed == "none" and switched.config.vision.abs_pos_embed == "sincos"
+    a, b = plain.state_dict(), switched.state_dict()
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+    pixels = torch.randn(2, 3, plain.config.vision.image_size, plain.config.vision.image_size)
     with torch.no_grad():
-        model.vision.patch_embed.abs_pos.zero_()
-    torch.testing.assert_close(model.encode_image(pixels), before)  # zero embedding: no change
-    with torch.no_grad():
-        model.vision.patch_embed.abs_pos.normal_()
-    assert not torch.allclose(model.encode_image(pixels), before)
+        assert not torch.allclose(plain.encode_image(pixels), switched.encode_image(pixels))
+        torch.testing.assert_close(gl.load_model(str(ck), "none").encode_image(pixels), plain.encode_image(pixels))
