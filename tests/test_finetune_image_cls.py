@@ -148,6 +148,20 @@ def test_mixup_draws_only_from_the_generator():
         seeded_mixup(task.mixup, x[:7].clone(), y[:7].clone(), torch.Generator().manual_seed(0))
 
 
+def test_linear_head_option(tmp_path):
+    folders = make_class_folders(tmp_path / "folders")
+    mlp = make_task("image_cls", folders).build_model(XFM(TINY))
+    torch.manual_seed(0)
+    linear = make_task("image_cls", folders, head="linear").build_model(XFM(TINY))
+    assert isinstance(mlp.head, torch.nn.Sequential) and len(mlp.head) == 13  # the X-FM MLP
+    assert isinstance(linear.head, torch.nn.Linear)
+    assert linear.head.weight.shape == (3, 2 * TINY.vision.hidden_size)
+    assert linear.head.weight.std() < 0.03 and not linear.head.bias.any()  # BEiT's init
+    from xfm.config import ConfigError, _build
+    with pytest.raises(ConfigError, match="task.head"):  # as xfm-finetune reads the task section
+        _build(get_task("image_cls").Config, {"root": str(folders), "head": "deep"}, "task")
+
+
 def test_image_cls_loss_repeats_with_the_same_generator(tmp_path):
     task = make_task("image_cls", make_class_folders(tmp_path / "folders"))
     assert task.classes == ["blue", "green", "red"]
@@ -354,10 +368,17 @@ def test_image_cls_from_export_and_resume(finetune_ckpts, tmp_path):
 
 
 def test_image_cls_from_timm_beit(finetune_ckpts, beit_state_dict_file, tmp_path):
-    proc, result = run_finetune(finetune_ckpts, "image_cls", tmp_path / "cls_timm", "train.batch_size=10",
-                                "train.max_steps=2", "model.overrides.size=tiny", checkpoint=beit_state_dict_file)
-    _check(proc, result, "image_cls")
+    """With the linear head (BEiT's): best/ reloads it as such and re-scores the same."""
+    from xfm.finetune.model_io import load_task_model
+
+    out = tmp_path / "cls_timm"
+    proc, result = run_finetune(finetune_ckpts, "image_cls", out, "train.batch_size=10", "train.max_steps=2",
+                                "model.overrides.size=tiny", "task.head=linear", checkpoint=beit_state_dict_file)
+    metrics = _check(proc, result, "image_cls")
     assert "timm" in proc.stdout
+    _, model = load_task_model(out / "best")
+    assert isinstance(model.head, torch.nn.Linear) and model.head.weight.shape == (5, 2 * TINY.vision.hidden_size)
+    assert _rescore(out / "best", "val") == pytest.approx(metrics)
 
 
 def test_image_probe_fits_and_two_ranks_agree(finetune_ckpts, tmp_path):

@@ -2,7 +2,9 @@
 
 Model (the X-FM classifier): the head input is [token 0, mean of the patch tokens] (2d; both
 halves are the same vector in X-FM, whose token 0 is the patch mean) into a 5-Linear MLP
-2d -> 4d -> 8d -> 4d -> 2d -> classes with LayerNorm + GELU between the Linears.
+2d -> 4d -> 8d -> 4d -> 2d -> classes with LayerNorm + GELU between the Linears. ``head: linear``
+puts one Linear there instead (BEiT's and timm's head, trunc-normal 0.02, zero bias): on a small
+encoder trained from few pictures the deep head fits slower and generalises worse (BENCHMARKS.md).
 
 Training (the X-FM ImageNet recipe, ``configs/finetune/image_cls.yaml``): timm's ImageNet train
 transform (RandomResizedCrop, flip, RandAugment ``rand-m9-mstd0.5-inc1``, random erasing),
@@ -78,6 +80,7 @@ class ImageClsConfig(ImageFoldersConfig):
     mixup_switch_prob: float = 0.5
     mixup_mode: Literal["batch", "pair", "elem"] = "batch"
     smoothing: float = 0.1
+    head: Literal["xfm_mlp", "linear"] = "xfm_mlp"
 
     @property
     def mixup_active(self) -> bool:
@@ -99,6 +102,16 @@ def classification_head(d_in: int, num_classes: int) -> nn.Sequential:
         layers += [nn.Linear(a, b), nn.LayerNorm(b), nn.GELU()]
     layers.append(nn.Linear(d_in, num_classes))
     return nn.Sequential(*layers)
+
+
+def linear_head(d_in: int, num_classes: int) -> nn.Linear:
+    """BEiT's / timm's classifier: one Linear, trunc-normal(0.02) weight, zero bias."""
+    from timm.layers import trunc_normal_
+
+    head = nn.Linear(d_in, num_classes)
+    trunc_normal_(head.weight, std=0.02)
+    nn.init.zeros_(head.bias)
+    return head
 
 
 def resolve_classes(cfg: ImageFoldersConfig) -> list[str]:
@@ -230,7 +243,10 @@ class ImageClsTask(Task):
         return tuple(self.task_cfg.split_dirs)
 
     def build_head(self, xfm):
-        return classification_head(2 * self.model_cfg.vision.hidden_size, len(self.classes))
+        d_in = 2 * self.model_cfg.vision.hidden_size
+        if self.task_cfg.head == "linear":
+            return linear_head(d_in, len(self.classes))
+        return classification_head(d_in, len(self.classes))
 
     def train_transform(self):
         from timm.data import create_transform
