@@ -64,7 +64,7 @@ class VisionConfig:
     # "sincos": a fixed 2-D sine-cosine table (timm's build_sincos2d_pos_embed, as MAE) added to
     # the patch embeddings. A deep encoder infers absolute positions from the relative bias at the
     # grid's edges; a 2-layer one does not, and without them a box head cannot localise
-    # (BENCHMARKS.md, "Grounding"). No parameters: checkpoints keep the official layout.
+    # (BENCHMARKS.md, fine-tuning vs random weights). No parameters: the official key layout stays.
     abs_pos_embed: str = "none"
 
     def __post_init__(self):
