@@ -20,8 +20,9 @@ does not have: without ``vision.abs_pos_embed: sincos`` the validation boxes sta
 box from every start (acc@0.5 ~0.01-0.03); with it a plain loop (`bench/grounding_learnability.py`,
 2000 steps) reaches 0.09-0.12 from random weights and from this recipe's export alike, inside one
 standard error of each other on 151 phrases; an export pretrained with the table does worse at
-this recipe's lr 2e-3 (0.03) and better at lr 5e-4 (0.18 / 0.25 vs 0.09 / 0.16 from random weights,
-two seeds), which would change every other task's margin here (not measured yet). The shape classes stay at 35-53% (chance 20%), the export below random weights.
+this recipe's lr 2e-3 (0.03); at lr 5e-4 it does better in that loop (0.18 / 0.25 vs 0.09 / 0.16
+from random weights, two seeds) but worse through xfm-finetune (0.093 vs 0.147 on test): inside
+the run-to-run spread. The shape classes stay at 35-53% (chance 20%), the export below random weights.
 BENCHMARKS.md has the figures.
 """
 from __future__ import annotations
