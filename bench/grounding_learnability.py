@@ -52,18 +52,11 @@ def load_split(world: Path, split: str, tokenizer, model_cfg):
 
 
 def load_model(checkpoint: str, abs_pos_embed: str | None):
-    """The checkpoint's model, with the vision position table switched as asked (same weights)."""
-    from dataclasses import replace
-
+    """The checkpoint's model, with the vision position table switched as asked (same weights:
+    the table has none; the loader applies the override)."""
     from xfm.model import XFM
 
-    model = XFM.from_pretrained(checkpoint)
-    if abs_pos_embed is None or abs_pos_embed == model.config.vision.abs_pos_embed:
-        return model
-    cfg = model.config
-    switched = XFM(replace(cfg, vision=replace(cfg.vision, abs_pos_embed=abs_pos_embed)))
-    switched.load_state_dict(model.state_dict())
-    return switched
+    return XFM.from_pretrained(checkpoint, **({"vision__abs_pos_embed": abs_pos_embed} if abs_pos_embed else {}))
 
 
 def constant_box_loss(target, steps: int = 500) -> float:
