@@ -212,8 +212,10 @@ def test_base_on_meta_has_paper_parameter_count():
     assert count_parameters(m) - paper == 50265 * 768  # the fusion MLM decoder matrix
 
 
-def test_meta_build_then_materialise_recomputes_buffers():
+@pytest.mark.parametrize("abs_pos_embed", ["none", "sincos"])
+def test_meta_build_then_materialise_recomputes_buffers(abs_pos_embed):
     cfg = model_config("tiny")
+    cfg = replace(cfg, vision=replace(cfg.vision, abs_pos_embed=abs_pos_embed))
     with torch.device("meta"):
         m = XFM(cfg)
     m.to_empty(device="cpu")
@@ -222,6 +224,8 @@ def test_meta_build_then_materialise_recomputes_buffers():
     assert m.heads.text_mlm.decoder.weight is m.text.embeddings.word_embeddings.weight
     for a, b in zip(m.vision.blocks, ref.vision.blocks):
         assert torch.equal(a.attn.relative_position_index, b.attn.relative_position_index)
+    if abs_pos_embed == "sincos":  # the non-persistent position table, recomputed like the index
+        torch.testing.assert_close(m.vision.pos_embed, ref.vision.pos_embed)
     # a state dict assigned onto a meta model: tie and buffers restored by the two calls
     with torch.device("meta"):
         m = XFM(cfg)

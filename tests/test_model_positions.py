@@ -74,16 +74,6 @@ def test_sincos_table_is_timms_added_after_masking_and_not_saved(tmp_path):
     torch.testing.assert_close(back.encode_image(px), m.encode_image(px))
 
 
-def test_sincos_survives_a_meta_build():
-    cfg = tiny_config("sincos")
-    with torch.device("meta"):
-        m = XFM(cfg)
-    m.to_empty(device="cpu")
-    m.init_weights()
-    m.reset_buffers()
-    torch.testing.assert_close(m.vision.pos_embed, XFM(cfg).vision.pos_embed)
-
-
 def test_bad_position_option_is_rejected():
     cfg = model_config("tiny")
     with pytest.raises(ValueError, match="vision.abs_pos_embed"):
