@@ -72,17 +72,14 @@ def configs():
     return {"demo": (demo, 32), "64px": (d64, 64), "224px": (d224, 16)}
 
 
-AUTOCAST = {"dtype": "fp32"}  # set by --precision (one-process runs)
-
-
-def one_step(model, opt, batch, step):
+def one_step(model, opt, batch, step, precision="fp32"):
     import torch
     from xfm.objectives import STREAM_LOSSES, LossContext
 
     torch.manual_seed(step)
     ctx = LossContext(generator=torch.Generator().manual_seed(step))
     t = time.perf_counter()
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=AUTOCAST["dtype"] == "bf16"):
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
         losses = STREAM_LOSSES["pairs"](model, batch, ctx)
         loss = sum(losses.values())
     opt.zero_grad(set_to_none=True)
@@ -118,7 +115,7 @@ def dynamo_counts(model) -> dict:
             "graph_breaks": sum(counters["graph_break"].values()), "blocks": len(repeated_blocks(model))}
 
 
-def run_config(name, cfg, batch_size, steps, profile):
+def run_config(name, cfg, batch_size, steps, profile, precision="fp32"):
     import torch
     from fixtures_model import make_pairs_batch
     from torch._dynamo.utils import counters
@@ -138,7 +135,7 @@ def run_config(name, cfg, batch_size, steps, profile):
     for s, batch in enumerate(batches):
         order = ("eager", "compiled") if s % 2 == 0 else ("compiled", "eager")
         for m in order:
-            dt, loss = one_step(models[m], opts[m], batch, s)
+            dt, loss = one_step(models[m], opts[m], batch, s, precision)
             times[m].append(dt)
             losses[m].append(loss)
         print(f"  {name} step {s}: eager {times['eager'][-1]:.3f}s compiled {times['compiled'][-1]:.3f}s "
@@ -146,7 +143,7 @@ def run_config(name, cfg, batch_size, steps, profile):
     rec = {"config": name, "batch": batch_size,
            **summarise(times, losses, batch_size), "dynamo": dynamo_counts(compiled)}
     if profile:
-        rec["profile"] = {m: top_ops(models[m], opts[m], batches[-1], steps) for m in ("eager", "compiled")}
+        rec["profile"] = {m: top_ops(models[m], opts[m], batches[-1], steps, precision) for m in ("eager", "compiled")}
     return rec
 
 
@@ -216,11 +213,11 @@ def run_config_dist(name, batch_size, steps, nproc, threads, compiled_rng):
             "dynamo": res["dynamo"]}
 
 
-def top_ops(model, opt, batch, step, n=12):
+def top_ops(model, opt, batch, step, precision="fp32", n=12):
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU]) as prof:
-        one_step(model, opt, batch, step)
+        one_step(model, opt, batch, step, precision)
     rows = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)[:n]
     total = sum(e.self_cpu_time_total for e in prof.key_averages())
     return [(e.key, round(e.self_cpu_time_total / 1e6, 4), round(e.self_cpu_time_total / total, 3)) for e in rows]
@@ -244,7 +241,6 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.precision != "fp32" and args.nproc > 1:
         p.error("--precision bf16 is for one-process runs (the engine's own bf16 is engine.precision)")
-    AUTOCAST["dtype"] = args.precision
 
     import torch
     import torch._inductor.config as inductor_config
@@ -258,7 +254,7 @@ def main(argv=None) -> int:
         if args.nproc > 1:
             rec = run_config_dist(name, batch, args.steps, args.nproc, args.threads, args.compiled_rng)
         else:
-            rec = run_config(name, cfg, batch, args.steps, args.profile)
+            rec = run_config(name, cfg, batch, args.steps, args.profile, args.precision)
         rec.update(threads=args.threads, compiled_rng=args.compiled_rng, precision=args.precision,
                    torch=torch.__version__)
         print(json.dumps(rec), flush=True)
