@@ -29,7 +29,8 @@ its steps first, then the compiled one (same weights, same batches, same seeds);
 both ranks.
 
 Configs (vocabulary 1000, 30-token captions, heads of width 32-64):
-- ``demo``: the demo model (configs/model/demo.yaml: 64 px, width 128, 2+2+2 layers), batch 32;
+- ``demo``: the demo model as configs/model/demo.yaml has it (now 32 px / patch 8, width 128, 2+2+2
+  layers; the recorded demo rows were measured at 64 px / patch 16), batch 32;
 - ``64px``: 64 px / patch 16, width 128, 4+4+4 layers, 4 heads, dropout 0.1, batch 64;
 - ``224px``: 224 px / patch 16, width 384, 6+6+6 layers, 6 heads, dropout 0.1, drop path 0.1,
   batch 16.
