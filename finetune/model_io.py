@@ -124,8 +124,13 @@ def gather_full_state(model: nn.Module) -> dict[str, torch.Tensor] | None:
         if rank == 0:
             out[name] = full.detach().float().cpu().clone()
     if rank == 0:
-        for name, b in model.named_buffers():
-            out[name] = b.detach().cpu().clone()
+        # persistent buffers only, as state_dict() has them: a non-persistent one (the BEiT
+        # relative position index, the sine-cosine position table) is rebuilt by the model and
+        # is not a key of the checkpoint layout
+        for module_name, module in model.named_modules():
+            for name, b in module.named_buffers(recurse=False):
+                if b is not None and name not in module._non_persistent_buffers_set:
+                    out[f"{module_name}.{name}" if module_name else name] = b.detach().cpu().clone()
     return out if rank == 0 else None
 
 
@@ -145,8 +150,6 @@ def save_task_model(state: dict[str, torch.Tensor], out_dir: str | os.PathLike, 
             key = HEAD_PREFIX + name[len("head."):]
         else:
             continue
-        if key.endswith("relative_position_index"):
-            continue  # non-persistent: rebuilt by the model
         ptr = id(t)
         if ptr in by_ptr:
             tied[key] = by_ptr[ptr]

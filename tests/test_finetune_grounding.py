@@ -254,3 +254,28 @@ def test_two_rank_zero3_finetune_and_distributed_eval_equal_single_process(finet
     model = XFM.from_pretrained(out / "best")
     saved = load_file(str(out / "best" / "model.safetensors"))
     torch.testing.assert_close(model.heads.bbox[0].weight, saved["heads.bbox.0.weight"])
+
+
+@pytest.mark.slow
+def test_position_table_run_saves_the_checkpoint_layout_and_rescores(finetune_ckpts, tmp_path):
+    """The small-model recipe (the fixed position table switched on for fine-tuning): best/ keeps
+    the checkpoint layout (the table is rebuilt from the config, never saved), loads strictly,
+    and --eval-only on it gives the run's own test metrics."""
+    from safetensors.torch import load_file
+
+    from xfm.model import XFM
+
+    out = tmp_path / "table"
+    proc, result = run_finetune(finetune_ckpts, "grounding", out, *TEST_RUN,
+                                "model.overrides={vision: {abs_pos_embed: sincos}}")
+    assert proc.returncode == 0, tail_text(proc)
+    saved = load_file(str(out / "best" / "model.safetensors"))
+    assert not [k for k in saved if "pos_embed" in k or "relative_position_index" in k]
+    model = XFM.from_pretrained(out / "best")
+    assert model.config.vision.abs_pos_embed == "sincos" and model.vision.pos_embed is not None
+
+    proc, again = run_finetune(finetune_ckpts, "grounding", tmp_path / "rescore", checkpoint=out / "best",
+                               extra=("--eval-only",))
+    assert proc.returncode == 0, tail_text(proc)
+    for k, v in result["metrics"].items():
+        assert again["metrics"][k] == pytest.approx(v, abs=1e-6), k
