@@ -1,17 +1,22 @@
-"""A shortened end-to-end demo (scripts/demo_run.py): test-size world, 60 pretraining steps of
-the demo model (one ZeRO-3 rank), zero-shot retrieval, then classification and the GLUE-style
-task with 40 fine-tuning steps each; results.json must have the documented structure, every
-zero-shot metric must beat its chance level, and the fine-tuned ones must be reported. A re-run
-must reuse every finished stage (no pretraining, no fine-tuning) and write the same results.
-Measured: ~2 min on a quiet 2-core machine.
+"""A shortened end-to-end demo (scripts/demo_run.py): the `ci` world (480 training pictures, 64
+test pictures with 192 captions), 200 pretraining steps of the demo model with the demo's own
+recipe (one ZeRO-3 rank, the pair stream, 64 pairs per step), zero-shot retrieval, then
+classification and the GLUE-style task with 40 fine-tuning steps each; results.json must have
+the documented structure, every zero-shot metric must beat its chance level, and the fine-tuned
+ones must be reported. A re-run must reuse every finished stage (no pretraining, no fine-tuning)
+and write the same results. Measured: ~3 min on a quiet 2-core machine; zero-shot consistent
+text->image R@1 0.250 and image->text 0.328 (chance 0.029).
 
-Why the fine-tuned metrics are not held to "above chance" here: the test world has 30 training
-and 20 validation pictures for classification and 64 / 32 SynthRTE pairs, so one example moves
-the figure by 5 and 3 points. Measured on the export of this run: classification 5-15% after
-40-300 steps (chance 20%), SynthRTE 0.50, fine-tuned retrieval, VQA and NLVR2 at or below chance
-after 40 steps; on the `ci` world (60 validation pictures) classification 18-22% after 40-300
-steps. An earlier recipe passed with 30% / 0.53, by the luck of those few examples. The demo-size
-run (`make demo`, BENCHMARKS.md) measures fine-tuning against chance.
+Why the `ci` world and 200 steps: with the pair stream alone the contrastive loss sits at chance
+for the first ~70 steps while the learnable temperature rises, then falls. On the test-size world
+(16 test pictures, so one picture moves R@1 by 6 points) two 200-step runs gave text->image R@1
+0.188 and 0.021 against a chance of 0.076: a coin toss, not a test.
+
+Why the fine-tuned metrics are not held to "above chance" here: 40 steps. Measured earlier on
+the export of a short run: classification 5-15% after 40-300 steps on the test world (chance 20%),
+18-22% on the `ci` world (16.7% in the run above), SynthRTE 0.50-0.56, fine-tuned retrieval, VQA
+and NLVR2 at or below chance after 40 steps. The demo-size run (`make demo`, BENCHMARKS.md)
+measures fine-tuning against chance.
 """
 from __future__ import annotations
 
@@ -29,8 +34,8 @@ pytestmark = pytest.mark.long  # minutes on 2 cores: `make test-long`
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "scripts"))
 
-# what the short run trains: enough steps for the demo model to beat chance on the test world
-PRETRAIN_STEPS = 60
+# what the short run trains: enough steps for the demo recipe to beat chance on the ci world
+PRETRAIN_STEPS = 200
 FINETUNE_STEPS = 40
 # fine-tuning tasks run through the demo's stage here (the wiring: commands, eval.json, results)
 TASKS = "image_cls,glue"
@@ -40,9 +45,7 @@ def _run_demo(data: Path, runs: Path) -> subprocess.CompletedProcess:
     env = dict(os.environ, TORCH_EXTENSIONS_DIR=os.environ.get(
         "TORCH_EXTENSIONS_DIR", str(Path(sys.prefix) / "torch_extensions")))
     cmd = [sys.executable, str(REPO / "scripts" / "demo_run.py"), "--data", str(data), "--runs", str(runs),
-           "--size", "test", "--steps", str(PRETRAIN_STEPS), "--nproc", "1", "--tasks", TASKS,
-           # the test world has 192 captions: 32 pairs per step (the demo world's recipe uses 64)
-           "--pretrain-set", "data.pairs.batch_size=32",
+           "--size", "ci", "--steps", str(PRETRAIN_STEPS), "--nproc", "1", "--tasks", TASKS,
            "--finetune-set", f"*:train.max_steps={FINETUNE_STEPS}", "--finetune-set", "*:train.batch_size=8"]
     return subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=1800)
 
