@@ -8,8 +8,9 @@ mean, spread (max - min) and every seed's value per variant.
     python bench/ablate.py --data data --runs runs/ablate --seeds 0,1 [--steps 300] [--nproc 2]
         [--pretrain-config configs/pretrain/demo.yaml] [--tasks nlvr2,grounding,...]
 
-Without MIM the images stream has no objective, so those runs use the step groups
-[[text], [regions, pairs]] (same steps, same pairs/regions/text data). Every run directory is
+Without MIM the images stream has no objective, so those runs use the config's step groups
+without it (the paper's [[text], [regions, images, pairs]] becomes [[text], [regions, pairs]];
+the demo's [[pairs]] stays; same steps, same data for the other streams). Every run directory is
 reused when it exists (re-running resumes). Writes RUNS/ablation.json and RUNS/ablation.md.
 """
 from __future__ import annotations
@@ -36,10 +37,14 @@ VARIANTS = {  # name -> (stop_text_grad, mim)
 }
 
 
-def variant_overrides(stop_text_grad: bool, mim: bool) -> list[str]:
+def variant_overrides(stop_text_grad: bool, mim: bool, step_groups: list[list[str]]) -> list[str]:
+    """--set values of one variant; ``step_groups``: the pretraining config's."""
     sets = [f"model.overrides={{stop_text_grad: {str(stop_text_grad).lower()}, mim: {str(mim).lower()}}}"]
     if not mim:
-        sets.append("streams.step_groups=[[text], [regions, pairs]]")
+        kept = [[s for s in g if s != "images"] for g in step_groups]
+        kept = [g for g in kept if g]
+        if kept != step_groups:
+            sets.append("streams.step_groups=[" + ", ".join("[" + ", ".join(g) + "]" for g in kept) + "]")
     return sets
 
 
@@ -50,7 +55,8 @@ def run_variant(name: str, seed: int, args, world: Path, env: dict) -> dict:
     runs.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     export = demo_run.stage_pretrain(world, runs / "pretrain", args.pretrain_config, args.steps,
-                                     args.nproc, variant_overrides(stop, mim) + [f"seed={seed}"], env)
+                                     args.nproc, variant_overrides(stop, mim, args.step_groups) + [f"seed={seed}"],
+                                     env)
     zeroshot, _ = demo_run.stage_zeroshot(export, world, runs / "zeroshot.json")
     finetuned = {}
     for task in [t for t in args.tasks.split(",") if t]:
@@ -104,6 +110,8 @@ def main(argv=None) -> int:
         if n not in VARIANTS:
             sys.exit(f"ablate: unknown variant {n!r}; known: {', '.join(VARIANTS)}")
     data = Path(args.data).resolve()
+    from xfm.pretrain.config import load_pretrain_config
+    args.step_groups = load_pretrain_config(args.pretrain_config).streams.step_groups
     env = dict(os.environ, XFM_DATA=str(data), DS_ACCELERATOR=os.environ.get("DS_ACCELERATOR", "cpu"), TOKENIZERS_PARALLELISM="false")
     world = demo_run.stage_world(data, args.size)
     results = {n: {} for n in names}
