@@ -124,13 +124,12 @@ def gather_full_state(model: nn.Module) -> dict[str, torch.Tensor] | None:
         if rank == 0:
             out[name] = full.detach().float().cpu().clone()
     if rank == 0:
-        # persistent buffers only, as state_dict() has them: a non-persistent one (the BEiT
-        # relative position index, the sine-cosine position table) is rebuilt by the model and
-        # is not a key of the checkpoint layout
-        for module_name, module in model.named_modules():
-            for name, b in module.named_buffers(recurse=False):
-                if b is not None and name not in module._non_persistent_buffers_set:
-                    out[f"{module_name}.{name}" if module_name else name] = b.detach().cpu().clone()
+        # the buffers state_dict() holds: a non-persistent one (the BEiT relative position
+        # index, the sine-cosine position table) is rebuilt by the model, not a checkpoint key
+        layout = model.state_dict().keys()
+        for name, b in model.named_buffers():
+            if name in layout:
+                out[name] = b.detach().cpu().clone()
     return out if rank == 0 else None
 
 
