@@ -28,7 +28,7 @@ from xfm.finetune.sampling import EvalSampler, PAD_INDEX, SeededItems, TrainSamp
 from xfm.finetune.task import TaskContext
 from xfm.runtime import checkpointing
 from xfm.runtime.dist import init_distributed
-from xfm.runtime.engine import broadcast_scalar_params, build_model, deepspeed_config, load_state_from_rank0
+from xfm.runtime.engine import build_model, deepspeed_config, initialize, load_state_from_rank0
 from xfm.runtime.metrics import MetricsWriter, memory_mb
 from xfm.runtime.optim import set_lr
 from xfm.runtime.process import (PRECISION_DTYPES, StopRequest, seed_everything, set_deterministic,
@@ -131,22 +131,6 @@ def _device(info):
     return torch.device(acc.device_name(info.local_rank) if acc.device_name() != "cpu" else "cpu")
 
 
-def _build_engine(cfg, module, optim_groups, ds_config):
-    import deepspeed
-
-    opt = cfg.optim
-    groups = [{k: v for k, v in g.items() if k != "names"} for g in optim_groups]
-    from deepspeed.accelerator import get_accelerator
-
-    from xfm.runtime.optimizers import make_adamw
-
-    optimizer = make_adamw(groups, opt.impl, opt.lr, tuple(opt.betas), opt.eps, opt.weight_decay,
-                           device=get_accelerator().device_name())
-    with broadcast_scalar_params():
-        engine, optimizer, _, _ = deepspeed.initialize(model=module, optimizer=optimizer, config=ds_config)
-    return engine, optimizer
-
-
 def prepare(cfg, task_cls, task_cfg, *, resume: bool = False, eval_only: bool = False):
     """Process group, tokenizer, weights, task model (partitioned under ZeRO-3), engine."""
     from xfm.tokenizer import load_tokenizer
@@ -205,7 +189,7 @@ def prepare(cfg, task_cls, task_cfg, *, resume: bool = False, eval_only: bool = 
         raise ValueError(f"{ckpt}: {len(missing)} tensor(s) of the {task_cls.name} model missing, e.g. {missing[:5]}")
     seed_everything(cfg.seed + 1000003 * info.rank)
     groups = finetune_param_groups(model, cfg.optim, task_cls.head_prefixes)
-    engine, _ = _build_engine(cfg, model, groups, ds_config)
+    engine, _ = initialize(model, model, cfg.optim, ds_config, groups=groups)
     if info.rank == 0:
         print("\n".join(f"xfm-finetune: {line}" for text in report_lines for line in text.splitlines()), flush=True)
     runner = Runner(cfg, task, engine, model, info, device, PRECISION_DTYPES[cfg.engine.precision], run_dir)

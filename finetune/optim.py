@@ -71,8 +71,10 @@ def finetune_param_groups(model: nn.Module, optim, head_prefixes=("head.",)) -> 
             mult *= optim.head_lr_mult
         key = (no_decay, round(mult, 12))
         if key not in groups:
+            # part None: one model part, trained every step (``set_lr`` never marks it inactive);
+            # the key itself lets the engine check that our groups reach the client optimizer
             groups[key] = {"params": [], "names": [], "weight_decay": 0.0 if no_decay else optim.weight_decay,
-                           "lr_mult": mult, "lr": optim.lr * mult}
+                           "lr_mult": mult, "lr": optim.lr * mult, "part": None}
         groups[key]["params"].append(p)
         groups[key]["names"].append(name)
     if not groups:

@@ -11,7 +11,9 @@ import json
 import pytest
 import torch
 
-from fixtures_finetune import run_finetune
+from fixtures_finetune import REPO, run_finetune
+
+REPO_CONFIGS = REPO / "configs" / "finetune"
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -113,3 +115,38 @@ def test_config_and_task_errors_are_clear(tmp_path, capsys):
     assert "unknown GLUE task 'NotGlue'" in capsys.readouterr().err
     assert main(["--task", "list"]) == 0
     assert "glue" in capsys.readouterr().out.split()
+
+
+# runs xfm-finetune with a ZeRO-3 optimizer that lacks the gradient buffer the stale-gradient fix
+# clears (as a DeepSpeed that renamed it would); the class-level attributes are still there
+_WITHOUT_INTERNAL = """
+import runpy, sys
+from deepspeed.runtime.zero.stage3 import DeepSpeedZeroOptimizer_Stage3
+original = DeepSpeedZeroOptimizer_Stage3.__init__
+def init_without_buffer(self, *args, **kwargs):
+    original(self, *args, **kwargs)
+    del self.grad_partitions_flat_buffer
+DeepSpeedZeroOptimizer_Stage3.__init__ = init_without_buffer
+sys.argv = ["xfm-finetune", *sys.argv[1:]]
+runpy.run_module("xfm.finetune", run_name="__main__")
+"""
+
+
+def test_finetune_engine_checks_the_deepspeed_internals_as_pretraining_does(finetune_ckpts, tmp_path):
+    """Fine-tuning starts its engine through the shared runtime (``xfm.runtime.engine.initialize``),
+    so an engine without what the ZeRO-3 fixes read stops the run before its first step, naming
+    the attribute (the same check covers the layer-decay groups reaching the client optimizer).
+    Control: with the fine-tune loop's own ``deepspeed.initialize`` this run got past the start."""
+    import subprocess
+    import sys
+
+    from fixtures_finetune import finetune_cmd, finetune_env
+
+    cmd = finetune_cmd("glue", REPO_CONFIGS / "glue.yaml", finetune_ckpts.export, tmp_path / "run",
+                       ["train.max_steps=1", "train.batch_size=8", "engine.zero_stage=3", "optim.layer_decay=0.5"])
+    assert cmd[1:3] == ["-m", "xfm.finetune"]
+    proc = subprocess.run([sys.executable, "-c", _WITHOUT_INTERNAL, *cmd[3:]], cwd=REPO_CONFIGS.parents[1],
+                          env=finetune_env(finetune_ckpts), capture_output=True, text=True, timeout=600)
+    assert proc.returncode != 0
+    assert "lacks z3 optimizer.grad_partitions_flat_buffer" in proc.stderr, proc.stderr[-3000:]
+    assert not (tmp_path / "run" / "eval.json").exists()

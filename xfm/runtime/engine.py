@@ -406,13 +406,17 @@ def broadcast_scalar_params():
         DeepSpeedEngine._broadcast_model = original
 
 
-def initialize(module: nn.Module, model: nn.Module, optim: OptimConfig, ds_config: dict):
-    """``deepspeed.initialize`` with the client AdamW built from ``model``'s parameter groups.
-    ``module`` is the training wrapper (it owns ``model``)."""
+def initialize(module: nn.Module, model: nn.Module, optim: OptimConfig, ds_config: dict,
+               groups: list[dict] | None = None):
+    """``deepspeed.initialize`` with the client AdamW built from ``model``'s parameter groups
+    (``groups``: given ones, e.g. fine-tuning's layer-decay groups; None: the pretraining rule).
+    ``module`` is the training wrapper (it owns ``model``; fine-tuning passes the task model as
+    both). Pretraining and fine-tuning both start their engine here, so both get the checks of
+    the DeepSpeed internals the ZeRO-3 fixes read."""
     import deepspeed
 
     require_deepspeed_internals(ds_config.get("zero_optimization", {}).get("stage", 0))
-    optimizer = build_optimizer(model, optim, device=_accelerator_device())
+    optimizer = build_optimizer(model, optim, device=_accelerator_device(), groups=groups)
     with broadcast_scalar_params():  # ZeRO 0-2 broadcast the parameters at start
         engine, optimizer, _, _ = deepspeed.initialize(model=module, optimizer=optimizer, config=ds_config)
     require_engine_internals(engine, model)

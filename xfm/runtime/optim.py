@@ -179,13 +179,16 @@ def set_lr(optimizer, step: int, optim: OptimConfig, total_steps: int, active_pa
     return optim.lr * f
 
 
-def build_optimizer(model: nn.Module, optim: OptimConfig, device=None) -> torch.optim.Optimizer:
-    """The client AdamW (``optim.impl``) over ``param_groups``, skipping inactive groups.
-    ``device``: where the parameters live (under ZeRO-3 they are empty partitions, so pass the
-    accelerator's device name); None: the first parameter's device."""
+def build_optimizer(model: nn.Module, optim: OptimConfig, device=None, groups: list[dict] | None = None
+                    ) -> torch.optim.Optimizer:
+    """The client AdamW (``optim.impl``) over ``groups`` (default: the pretraining rule,
+    ``param_groups(model, optim)``; fine-tuning passes its layer-decay groups), skipping inactive
+    groups. ``device``: where the parameters live (under ZeRO-3 they are empty partitions, so pass
+    the accelerator's device name); None: the first parameter's device."""
     from xfm.runtime.optimizers import make_adamw
 
-    groups = param_groups(model, optim)
+    if groups is None:
+        groups = param_groups(model, optim)
     torch_groups = [{k: v for k, v in g.items() if k != "names"} for g in groups]
     return make_adamw(torch_groups, optim.impl, optim.lr, tuple(optim.betas), optim.eps,
                       optim.weight_decay, device, base=SkipInactiveGroups)
