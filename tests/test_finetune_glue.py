@@ -7,13 +7,13 @@ in-process re-computation of the reported metric from best/, and --eval-only re-
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
 
-from fixtures_finetune import REPO, run_finetune
-
-REPO_CONFIGS = REPO / "configs" / "finetune"
+from fixtures_finetune import REPO, finetune_cmd, finetune_env, run_finetune
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -137,15 +137,10 @@ def test_finetune_engine_checks_the_deepspeed_internals_as_pretraining_does(fine
     so an engine without what the ZeRO-3 fixes read stops the run before its first step, naming
     the attribute (the same check covers the layer-decay groups reaching the client optimizer).
     Control: with the fine-tune loop's own ``deepspeed.initialize`` this run got past the start."""
-    import subprocess
-    import sys
-
-    from fixtures_finetune import finetune_cmd, finetune_env
-
-    cmd = finetune_cmd("glue", REPO_CONFIGS / "glue.yaml", finetune_ckpts.export, tmp_path / "run",
+    cmd = finetune_cmd("glue", REPO / "configs" / "finetune" / "glue.yaml", finetune_ckpts.export, tmp_path / "run",
                        ["train.max_steps=1", "train.batch_size=8", "engine.zero_stage=3", "optim.layer_decay=0.5"])
     assert cmd[1:3] == ["-m", "xfm.finetune"]
-    proc = subprocess.run([sys.executable, "-c", _WITHOUT_INTERNAL, *cmd[3:]], cwd=REPO_CONFIGS.parents[1],
+    proc = subprocess.run([sys.executable, "-c", _WITHOUT_INTERNAL, *cmd[3:]], cwd=REPO,
                           env=finetune_env(finetune_ckpts), capture_output=True, text=True, timeout=600)
     assert proc.returncode != 0
     assert "lacks z3 optimizer.grad_partitions_flat_buffer" in proc.stderr, proc.stderr[-3000:]
