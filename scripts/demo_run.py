@@ -4,7 +4,7 @@
   2 pretrain   ZeRO-3 pretraining (NPROC ranks; torchrun when > 1)      RUNS/pretrain
   3 export     consolidated model directory                             RUNS/pretrain/export
   4 zero-shot  ITC retrieval of the export on the test pictures         RUNS/zeroshot.json
-  5 finetune   each task through xfm-finetune (skipped with a line when the task does not exist)
+  5 finetune   each task through xfm-finetune with its configs/demo/finetune_TASK.yaml
   6 results    DATA/demo/results.json {metric: {"value", "chance"}}, loss_curves.png,
                retrieval_examples.png
 
@@ -20,7 +20,6 @@ A fine-tuning task that fails is reported and the others still run; the exit sta
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import shutil
@@ -140,29 +139,15 @@ def stage_zeroshot(export: Path, world: Path, out: Path):
     return result, examples
 
 
-def task_available(name: str) -> bool:
-    return importlib.util.find_spec(f"xfm.finetune.tasks.{name}") is not None
-
-
-def finetune_config(name: str) -> Path | None:
-    demo_cfg = REPO / "configs" / "demo" / f"finetune_{name}.yaml"
-    return demo_cfg if demo_cfg.exists() else None
-
-
 def stage_finetune(name: str, export: Path, runs: Path, nproc: int, extra: list[str], env: dict):
     out = runs / "finetune" / name
     result = out / "eval.json"
     if result.exists():
         log(f"  reusing {result}")
         return json.loads(result.read_text())
-    if not task_available(name):
-        log(f"  {name}: not available yet (no finetune/tasks/{name}.py): skipped")
-        return None
-    cfg = finetune_config(name)
-    if cfg is None or not (REPO / "configs" / "finetune" / f"{name}.yaml").exists():
-        log(f"  {name}: not available yet (no configs/finetune/{name}.yaml or configs/demo/"
-            f"finetune_{name}.yaml): skipped")
-        return None
+    cfg = REPO / "configs" / "demo" / f"finetune_{name}.yaml"
+    if not cfg.exists():
+        raise StageFailed(f"{cfg} does not exist: every demo task needs its demo recipe")
     out.mkdir(parents=True, exist_ok=True)
     cmd = launcher(nproc) + ["xfm.finetune.cli", "--task", name, "--config", str(cfg),
                              "--checkpoint", str(export), "--out", str(out)]
@@ -277,20 +262,18 @@ def main(argv=None) -> int:
             log(f"  {name}: FAILED: {e}")
             failed.append(name)
             continue
-        if ev is not None:
-            finetuned[name] = ev
-            log(f"  {name}: {ev['split']} {json.dumps(ev['metrics'])[:300]}")
+        finetuned[name] = ev
+        log(f"  {name}: {ev['split']} {json.dumps(ev['metrics'])[:300]}")
     log("== 6/6 results")
     extra_ret = None
     if "retrieval" in finetuned:
         extra_ret = retrieval_eval_json(finetuned["retrieval"], zeroshot)
         extra_ret.update(timed("finetune/retrieval_itc", finetuned_retrieval, runs, world) or {})
     results = collect(zeroshot, finetuned, world, extra_ret, failed)
-    skipped = [t for t in tasks if t not in finetuned and t not in failed]
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     timings["total"] = round(time.time() - t0, 1)
     (out / "timings.json").write_text(json.dumps(
-        {"seconds": timings, "skipped_tasks": skipped, "failed_tasks": failed}, indent=2) + "\n")
+        {"seconds": timings, "failed_tasks": failed}, indent=2) + "\n")
     if not args.no_plots:
         import demo_plots
         demo_plots.loss_curves(runs, out / "loss_curves.png")
@@ -299,8 +282,6 @@ def main(argv=None) -> int:
     log(f"{'metric':{width}s}   value  chance")
     for k, v in results.items():
         log(f"{k:{width}s}  {v['value']:6.3f}  {v['chance']:6.3f}")
-    if skipped:
-        log(f"not available yet: {', '.join(skipped)}")
     if failed:
         log(f"FAILED: {', '.join(failed)} (logs under {runs / 'finetune'})")
     log(f"wrote {out / 'results.json'}" + ("" if args.no_plots else

@@ -74,21 +74,57 @@ def run_finetune(ckpts: FinetuneCheckpoints, task: str, out: Path, *overrides, c
     return proc, result
 
 
+def _official_rows(ours: dict, config) -> list:
+    """The tiny official key table with every shape taken from a model of ours with the tiny
+    depths (e.g. the demo model, twice as wide): our tensors' shapes for the rows that map to
+    ours, the config's widths for the rows we have no counterpart for."""
+    from test_checkpoint_official import layout, official_state_dict
+    from xfm.checkpoint.official import map_official
+
+    rows = layout("tiny")
+    names, _, _ = map_official(official_state_dict(rows, meta=True), "tiny layout")
+    official_to_ours = {official: name for name, (official, _) in names.items()}
+    w, vocab, positions = config.text.hidden_size, config.text.vocab_size, config.text.max_position_embeddings
+    grid = config.vision.image_size // config.vision.patch_size
+    by_suffix = {  # the rows without a counterpart in our model
+        "relative_position_index": [grid * grid + 1] * 2, "position_ids": [1, positions],
+        "lm_cap_head.bias": [vocab], "lm_cap_head.dense.weight": [w, w], "lm_cap_head.dense.bias": [w],
+        "lm_cap_head.layer_norm.weight": [w], "lm_cap_head.layer_norm.bias": [w],
+        "lm_cap_head.decoder.weight": [vocab, w], "lm_cap_head.decoder.bias": [vocab],
+        "lm_head.decoder.weight": [vocab, w], "lm_head.decoder.bias": [vocab],
+        "embeddings.position_embeddings.weight": [positions, w],
+        "embeddings.token_type_embeddings.weight": [config.text.type_vocab_size, w],
+        "embeddings.LayerNorm.weight": [w], "embeddings.LayerNorm.bias": [w]}
+    out = []
+    for key, shape, kind, dtype, tied in rows:
+        if key in official_to_ours:
+            shape = list(ours[official_to_ours[key]].shape)
+        else:
+            suffix = next((s for s in by_suffix if key.endswith(s)), None)
+            assert suffix is not None, f"no shape rule for the official row {key}"
+            shape = by_suffix[suffix]
+        out.append([key, shape, kind, dtype, tied])
+    return out
+
+
 def official_tiny_th(path: Path, seed: int = 0, weights: Path | None = None) -> Path:
     """An official-layout `.th` of the tiny key table, tied rows shared as in a real one.
 
-    Random values, or with ``weights`` (a checkpoint of ours) that model's tensors written under
-    their official names: the official file a user of the original code would hold for the same
-    weights. The rows our model has no counterpart for (the fusion embeddings, the caption
-    heads) keep their random values."""
+    Random values, or with ``weights`` (a checkpoint of ours with the tiny depths; any widths)
+    that model's tensors written under their official names: the official file a user of the
+    original code would hold for the same weights. The rows our model has no counterpart for
+    (the fusion embeddings, the caption heads) keep their random values."""
     import torch
     from test_checkpoint_official import layout, official_state_dict
     from xfm.checkpoint.official import map_official
     from xfm.model import XFM
 
-    sd = official_state_dict(layout("tiny"), seed=seed)
-    if weights is not None:
-        ours = XFM.from_pretrained(weights).state_dict()
+    if weights is None:
+        sd = official_state_dict(layout("tiny"), seed=seed)
+    else:
+        model = XFM.from_pretrained(weights)
+        ours = model.state_dict()
+        sd = official_state_dict(_official_rows(ours, model.config), seed=seed)
         mapped, _, unused = map_official(sd, "tiny layout")
         assert not unused, unused
         # the text MLM decoder is tied to the word embeddings (in both layouts)

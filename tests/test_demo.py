@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -42,12 +41,12 @@ TASKS = "image_cls,glue"
 
 
 def _run_demo(data: Path, runs: Path) -> subprocess.CompletedProcess:
-    env = dict(os.environ, TORCH_EXTENSIONS_DIR=os.environ.get(
-        "TORCH_EXTENSIONS_DIR", str(Path(sys.prefix) / "torch_extensions")))
+    # the session's environment: fixtures_pretrain (loaded by conftest) already points
+    # TORCH_EXTENSIONS_DIR at the venv, where DeepSpeed's CPU op is built once
     cmd = [sys.executable, str(REPO / "scripts" / "demo_run.py"), "--data", str(data), "--runs", str(runs),
            "--size", "ci", "--steps", str(PRETRAIN_STEPS), "--nproc", "1", "--tasks", TASKS,
            "--finetune-set", f"*:train.max_steps={FINETUNE_STEPS}", "--finetune-set", "*:train.batch_size=8"]
-    return subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=1800)
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=1800)
 
 
 @pytest.fixture(scope="module")
@@ -67,15 +66,10 @@ def test_results_structure_and_above_chance(demo):
         assert set(entry) == {"value", "chance"}, name
         assert all(isinstance(entry[k], float) and math.isfinite(entry[k]) for k in entry), name
         assert 0.0 <= entry["chance"] < 1.0 and 0.0 <= entry["value"] <= 1.0, (name, entry)
-    # every fine-tuning task that exists is reported; the others are named as skipped
+    # every fine-tuning task the demo ran is reported
     from demo_run import TASKS as TASK_TABLE
-    from demo_run import task_available
     for task in TASKS.split(","):
-        label = TASK_TABLE[task][2]
-        if task_available(task):
-            assert label in results, (task, proc.stdout[-2000:])
-        else:
-            assert f"{task}: not available yet" in proc.stdout
+        assert TASK_TABLE[task][2] in results, (task, proc.stdout[-2000:])
     zeroshot = {k: v for k, v in results.items() if k.startswith("zeroshot_")}
     assert len(zeroshot) == 8
     below = {k: v for k, v in zeroshot.items() if not v["value"] > v["chance"]}

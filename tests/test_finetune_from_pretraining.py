@@ -15,8 +15,8 @@ steps), two runs at a time, and the test metric from `eval.json` is compared. Se
 margins seen when they were chosen are in ``TASKS``.
 
 Not here: grounding and image classification. Measured on this world, neither beats random
-weights at any budget a test can afford. Grounding does at the demo's size from the demo's
-gentler pretraining (lr 5e-4): test_finetune_grounding_from_pretraining.py. Grounding needs absolute positions the tiny BEiT encoder
+weights at any budget a test can afford. Both do at the demo's size from the demo's gentler
+pretraining (lr 5e-4): test_finetune_from_demo_pretraining.py. Grounding needs absolute positions the tiny BEiT encoder
 does not have: without ``vision.abs_pos_embed: sincos`` the validation boxes stay at the constant
 box from every start (acc@0.5 ~0.01-0.03); with it a plain loop (`bench/grounding_learnability.py`,
 2000 steps) reaches 0.09-0.12 from random weights and from this recipe's export alike, inside one

@@ -5,7 +5,7 @@ evaluation must equal a 1-process evaluation of the same best/ model.
 
 At these tests' budget (the tiny model, tens of steps) a run predicts about the average box
 from any start; that grounding from a pretraining beats random weights is shown at the demo's
-size in test_finetune_grounding_from_pretraining.py (`make test-long`). What is shown here:
+size in test_finetune_from_demo_pretraining.py (`make test-long`). What is shown here:
 the task's loss really trains the model (a fixed batch is fitted far below the average-box
 loss), and evaluations agree across process counts down to each predicted box.
 """
