@@ -1,0 +1,34 @@
+"""The demo's stage runner refuses what it cannot run, by name, before starting anything.
+
+(The demo itself, end to end, is test_demo.py in `make test-long`.)"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "scripts"))
+
+import demo_run  # noqa: E402
+
+
+def test_every_demo_task_has_its_recipe():
+    for task in demo_run.TASKS:
+        assert (REPO / "configs" / "demo" / f"finetune_{task}.yaml").is_file(), task
+
+
+def test_a_task_without_its_demo_recipe_fails_naming_the_file(tmp_path, monkeypatch):
+    ran = []
+    monkeypatch.setattr(demo_run, "run", lambda *a, **k: ran.append(a))
+    with pytest.raises(demo_run.StageFailed, match=r"configs/demo/finetune_no_such_task\.yaml does not exist"):
+        demo_run.stage_finetune("no_such_task", tmp_path / "export", tmp_path / "runs", 1, [], {})
+    assert not ran and not (tmp_path / "runs").exists()  # nothing started, nothing written
+
+
+def test_unknown_task_is_refused_before_any_stage(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        demo_run.main(["--data", str(tmp_path / "data"), "--runs", str(tmp_path / "runs"), "--tasks", "vqa,nope"])
+    assert "unknown task 'nope'" in str(e.value.code)
+    assert not (tmp_path / "data" / "world").exists()
