@@ -15,11 +15,12 @@ every example exactly once across ranks, and per-example seeding of augmentation
 from __future__ import annotations
 
 import math
-import random
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
+
+from xfm.runtime.seeding import global_rngs_seeded
 
 PAD_INDEX = -1
 
@@ -81,19 +82,9 @@ class SeededItems(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         real = 0 if i == PAD_INDEX else i
-        s = np.random.SeedSequence([self.seed, self.epoch, real]).generate_state(2)
-        # with num_workers=0 this runs in the training process: leave its RNGs (dropout) as they were
-        py_state, np_state = random.getstate(), np.random.get_state()
-        with torch.random.fork_rng(devices=[]):
-            random.seed(int(s[0]))
-            np.random.seed(int(s[1]))
-            # the CPU generator only (transforms run on the CPU): torch.manual_seed also queues
-            # the seeding of every lazily initialised device, recording a Python stack trace for
-            # each, which was a third of a demo classification step
-            torch.default_generator.manual_seed(int(s[0]))
+        seed = int(np.random.SeedSequence([self.seed, self.epoch, real]).generate_state(1)[0])
+        with global_rngs_seeded(seed):
             item = dict(self.dataset[real])
-        random.setstate(py_state)
-        np.random.set_state(np_state)
         item["index"] = i
         return item
 

@@ -3,19 +3,14 @@
 ``derive_rng(seed, stream, rank, worker, purpose, index...)`` gives the same numbers on every run
 and in every process, so the stream a worker produces is a pure function of (seed, stream,
 rank, worker) and a position; that is what makes exact resume possible. Libraries that draw
-from the global RNGs (timm's RandAugment uses ``random`` and ``numpy.random``, torchvision's
-crop sampler uses torch's) run inside ``global_rngs_seeded``, which seeds them per sample and
-restores them afterwards (the main process's RNGs must not move when ``num_workers=0``).
+from the global RNGs run inside ``xfm.runtime.seeding.global_rngs_seeded(sample_seed(rng))``.
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import random
 
 import numpy as np
-import torch
 
 # purposes: separate sequences for separate decisions
 SHARD_ORDER, SOURCE_MIX, BLOCK_SHUFFLE, SAMPLE = 1, 2, 3, 4
@@ -27,21 +22,9 @@ def derive_rng(*key: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([int(k) for k in key]))
 
 
-@contextlib.contextmanager
-def global_rngs_seeded(rng: np.random.Generator):
-    """Seed ``random``, ``numpy.random`` and torch's CPU RNG from ``rng``; restore them after."""
-    seed = int(rng.integers(0, 2**31 - 1))
-    py_state = random.getstate()
-    np_state = np.random.get_state()
-    with torch.random.fork_rng(devices=[]):
-        torch.default_generator.manual_seed(seed)  # CPU only: torch.manual_seed also queues CUDA seeding (0.3 ms)
-        random.seed(seed)
-        np.random.seed(seed)
-        try:
-            yield
-        finally:
-            random.setstate(py_state)
-            np.random.set_state(np_state)
+def sample_seed(rng: np.random.Generator) -> int:
+    """One integer for ``xfm.runtime.seeding.global_rngs_seeded``, drawn from a sample's ``rng``."""
+    return int(rng.integers(0, 2**31 - 1))
 
 
 def stable_id(text: str) -> int:

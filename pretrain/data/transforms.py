@@ -21,8 +21,10 @@ from timm.data.auto_augment import rand_augment_transform
 from torchvision.transforms import InterpolationMode, RandomResizedCrop
 from torchvision.transforms import functional as TF
 
+from xfm.runtime.seeding import global_rngs_seeded
+
 from .config import AugmentConfig
-from .seeding import global_rngs_seeded
+from .seeding import sample_seed
 
 
 class BadSample(Exception):
@@ -69,7 +71,7 @@ class ImageTransform:
     def __call__(self, img: Image.Image, rng: np.random.Generator) -> tuple[torch.Tensor, bool]:
         aug = self.aug
         flipped = False
-        with global_rngs_seeded(rng):  # torchvision's crop sampler and timm draw from globals
+        with global_rngs_seeded(sample_seed(rng)):  # torchvision's crop sampler and timm draw from globals
             if aug.random_resized_crop:
                 i, j, h, w = RandomResizedCrop.get_params(img, list(aug.crop_scale), list(aug.crop_ratio))
                 img = TF.resized_crop(img, i, j, h, w, [self.size, self.size],
@@ -149,7 +151,7 @@ class RegionTransform:
             img = TF.hflip(img)
             out[:, [0, 2]] = 1.0 - out[:, [2, 0]]
         if self.randaug is not None:
-            with global_rngs_seeded(rng):
+            with global_rngs_seeded(sample_seed(rng)):
                 img = self.randaug(img)
         return to_normalised_tensor(img, aug.mean, aug.std), np.clip(out, 0.0, 1.0), flipped
 
