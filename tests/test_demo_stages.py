@@ -27,7 +27,7 @@ def test_a_task_without_its_demo_recipe_fails_naming_the_file(tmp_path, monkeypa
     assert not ran and not (tmp_path / "runs").exists()  # nothing started, nothing written
 
 
-def test_unknown_task_is_refused_before_any_stage(tmp_path, capsys):
+def test_unknown_task_is_refused_before_any_stage(tmp_path):
     with pytest.raises(SystemExit) as e:
         demo_run.main(["--data", str(tmp_path / "data"), "--runs", str(tmp_path / "runs"), "--tasks", "vqa,nope"])
     assert "unknown task 'nope'" in str(e.value.code)

@@ -9,8 +9,8 @@ stream, lr 5e-4, 300 steps), then each task from three starts with the same data
 
 - ``export``: the pretraining's `xfm-export` directory;
 - ``official``: the same weights written as an official-layout `.th`, loaded through the
-  official adapter (the demo model's head counts and position table given as
-  ``model.overrides``: an official file carries neither), which must land exactly where the
+  official adapter (the demo model's head count as ``model.num_heads`` and its position table
+  as ``model.overrides``: an official file carries neither), which must land exactly where the
   export does;
 - ``random``: a randomly initialised demo model.
 
@@ -56,10 +56,10 @@ TASKS = {
     "grounding": ([], "acc", "test", {500, 1000, 1500}, 0.08),
     "image_cls": (["train.max_steps=500", "train.eval_every=250"], "top1", "val", {250, 500}, 6.0),
 }
-# what an official file cannot say about the demo model: its attention head counts (the shapes
-# do not fix them) and its fixed position table (a non-persistent buffer)
-OFFICIAL_OVERRIDES = "model.overrides={size: tiny, text: {num_heads: 4}, fusion: {num_heads: 4}, " \
-                     "vision: {abs_pos_embed: sincos}}"
+# what an official file cannot say about the demo model: its text/fusion head count (the shapes
+# do not fix it: `model.num_heads`, as for any official file), its fixed position table (a
+# non-persistent buffer) and the training-time fields of its size preset
+OFFICIAL_OVERRIDES = ["model.num_heads=4", "model.overrides={size: tiny, vision: {abs_pos_embed: sincos}}"]
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +93,7 @@ def results(demo_pretraining) -> dict:
         out = root / "ft" / f"{task}_{init}"
         overrides = [f"tokenizer={root / 'data' / 'world' / 'tokenizer'}", *TASKS[task][0]]
         if init == "official":
-            overrides.append(OFFICIAL_OVERRIDES)
+            overrides += OFFICIAL_OVERRIDES
         cmd = finetune_cmd(task, REPO / "configs" / "demo" / f"finetune_{task}.yaml",
                            demo_pretraining[init], out, overrides)
         proc = subprocess.run(cmd, cwd=REPO, env=finetune_env(root / "data"), capture_output=True, text=True,
