@@ -140,21 +140,15 @@ def kill_tree(proc: subprocess.Popen, sig=None) -> None:
 
 def wait_for_step(proc: subprocess.Popen, run_dir: Path, step: int, log: Path, timeout: float = 240) -> int:
     """Poll RUN_DIR/metrics.jsonl until a record of ``step`` (or later) is there; the step seen."""
-    import json
     import time
+
+    from xfm.runtime.metrics import read_metrics
 
     deadline = time.time() + timeout
     metrics = run_dir / "metrics.jsonl"
     while time.time() < deadline:
         if metrics.exists():
-            steps = []
-            for x in metrics.read_text().splitlines():
-                try:  # a line being written is read whole next time
-                    rec = json.loads(x)
-                except ValueError:
-                    continue
-                if "event" not in rec:
-                    steps.append(rec["step"])
+            steps = [r["step"] for r in read_metrics(run_dir, live=True) if "event" not in r]
             if steps and max(steps) >= step:
                 return max(steps)
         if proc.poll() is not None:

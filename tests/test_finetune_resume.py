@@ -7,7 +7,6 @@ state matters, gradient accumulation, and an epoch boundary crossed after the re
 """
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -17,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from fixtures_finetune import REPO, finetune_cmd, finetune_env, run_finetune
+from xfm.runtime.metrics import read_metrics
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -30,17 +30,10 @@ LOSS_KEYS = ("loss", "loss/itc", "loss/itm", "lr", "epoch")
 
 
 def _records(out: Path) -> list[dict]:
-    path = out / "metrics.jsonl"
-    if not path.is_file():
+    if not (out / "metrics.jsonl").is_file():
         return []
-    lines = path.read_text().splitlines()
-    recs = []
-    for line in lines:
-        try:
-            recs.append(json.loads(line))
-        except json.JSONDecodeError:  # a line cut by the kill
-            pass
-    return recs
+    # live: the file is polled while the run writes it (and the resumed run drops a line cut by the kill)
+    return read_metrics(out, live=True)
 
 
 def _steps(records) -> dict[int, dict]:

@@ -68,7 +68,8 @@ def test_sampled_streams_agree_across_ranks_and_sigusr1_saves(pretrain_data, tmp
     deadline = time.time() + 240
     signalled = False
     while proc.poll() is None and time.time() < deadline:
-        steps = [r["step"] for r in read_metrics(run_dir) if "event" not in r] if (run_dir / "metrics.jsonl").exists() else []
+        steps = ([r["step"] for r in read_metrics(run_dir, live=True) if "event" not in r]
+                 if (run_dir / "metrics.jsonl").exists() else [])
         if not signalled and steps and max(steps) >= 6:
             # rank 0 gets SIGUSR1 (SLURM pre-emption), rank 1 SIGTERM (scancel, a killed job): an
             # unhandled one would end that rank; the ranks agree on a stop step collectively

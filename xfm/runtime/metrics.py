@@ -41,7 +41,12 @@ class MetricsWriter:
     def __init__(self, run_dir: str | os.PathLike, tensorboard: bool):
         self.path = Path(run_dir) / METRICS_FILE
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        torn = _drop_torn_tail(self.path)
         self._f = open(self.path, "a", buffering=1)
+        if torn:
+            # a run killed in the middle of a write leaves half a line; appending to it would
+            # glue the resumed run's first record onto it and make both unreadable
+            self.event(event="torn_line_dropped", bytes=torn)
         self._tb = None
         if tensorboard:
             self._tb = require_tensorboard()(str(Path(run_dir) / "tensorboard"))
@@ -65,6 +70,38 @@ class MetricsWriter:
             self._tb.close()
 
 
-def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
+def _drop_torn_tail(path: Path) -> int:
+    """Cut an unterminated last line off ``path``; returns how many bytes were cut."""
+    if not path.exists():
+        return 0
+    data = path.read_bytes()
+    if not data or data.endswith(b"\n"):
+        return 0
+    keep = data.rfind(b"\n") + 1
+    with open(path, "r+b") as f:
+        f.truncate(keep)
+    return len(data) - keep
+
+
+def read_metrics(run_dir: str | os.PathLike, live: bool = False) -> list[dict]:
+    """The records of ``run_dir/metrics.jsonl``. Only newline-terminated lines are records: a
+    reader polling a running job can see the line being written half copied, so with
+    ``live=True`` an unterminated last line is left for the next read. Otherwise it, or any
+    line that is not JSON, is an error naming the file and line."""
     path = Path(run_dir) / METRICS_FILE
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    text = path.read_text()
+    lines = text.split("\n")
+    tail = lines.pop()  # "" when the file ends with a newline
+    if tail.strip() and not live:
+        raise ValueError(f"{path}: line {len(lines) + 1} is cut off (no newline at the end of the "
+                         f"file): {tail[:80]!r}")
+    records = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: line {n} is not a JSON record ({e.msg} at column "
+                             f"{e.colno}): {line[:80]!r}") from None
+    return records
