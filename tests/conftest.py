@@ -2,8 +2,7 @@
 (so the kernel tests run the Triton code on CPU), and one thread per process keeps the 2-rank
 DeepSpeed tests from fighting over 2 cores. ``auto`` kernels on CPU still take the torch reference.
 
-Fixtures live in one module per area (``fixtures_*.py`` beside this file), each owned by the
-people working on that area, and are registered here.
+Fixtures live in one module per area (``fixtures_*.py`` beside this file), registered here.
 """
 import os
 import sys

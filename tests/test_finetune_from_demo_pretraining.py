@@ -5,7 +5,8 @@ fine-tuning from random weights: the two tasks the `ci` world's tiny model canno
 The demo world (1000 training pictures, 465 test phrases, 200 validation pictures in 5 shape
 classes), the demo's pretraining as `make demo` runs it (`scripts/demo_run.py`:
 configs/pretrain/demo.yaml, the demo model with its position table, one ZeRO-3 rank, the pair
-stream, lr 5e-4, 300 steps), then each task from three starts with the same data order and seed:
+stream, lr 5e-4, 300 steps; the session's `demo_pretraining`, which the shortened demo in
+test_demo.py shares), then each task from three starts with the same data order and seed:
 
 - ``export``: the pretraining's `xfm-export` directory;
 - ``official``: the same weights written as an official-layout `.th`, loaded through the
@@ -27,14 +28,13 @@ head start, not a higher ceiling: 38.5 from the export (and from the official fi
 29.5 from these random weights; with another random init 38.5 / 39.5 against 25.0 / 24.5
 (fine-tuning seeds 0 / 1); after the demo's 1500 steps both reach 46-48 (BENCHMARKS.md, "Classification from a pretraining").
 
-12 min 16 s on 2 cores (`make test-long`); grounding 0.404 from the export and the official
+12 min 16 s on 2 cores (`make test-long`, with the pretraining); grounding 0.404 from the export and the official
 file alike, 0.219 from random weights.
 """
 from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -63,40 +63,36 @@ OFFICIAL_OVERRIDES = ["model.num_heads=4", "model.overrides={size: tiny, vision:
 
 
 @pytest.fixture(scope="module")
-def demo_pretraining(tmp_path_factory) -> dict:
+def starts(demo_pretraining, tmp_path_factory) -> dict:
+    """The three starts: the demo pretraining's export, the same weights as an official `.th`,
+    and a randomly initialised demo model."""
     import torch
 
     from xfm.config import load_config
     from xfm.model import XFM
     from xfm.model_config import ModelConfig
 
-    root = tmp_path_factory.mktemp("demo_pretraining")
-    # the environment as the test session has it (fixtures_pretrain points TORCH_EXTENSIONS_DIR
-    # at the venv, where DeepSpeed's CPU op is already built)
-    cmd = [sys.executable, str(REPO / "scripts" / "demo_run.py"), "--data", str(root / "data"),
-           "--runs", str(root / "runs"), "--nproc", "1", "--tasks", "", "--no-plots"]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=1800)
-    assert proc.returncode == 0, tail(proc)
+    root = tmp_path_factory.mktemp("demo_starts")
     torch.manual_seed(1234)
     XFM(load_config(REPO / "configs" / "model" / "demo.yaml", ModelConfig)).save_pretrained(root / "random")
-    export = root / "runs" / "pretrain" / "export"
+    export = demo_pretraining.export
     return {"root": root, "export": export, "random": root / "random",
             "official": official_tiny_th(root / "xfm_demo_official.th", weights=export)}
 
 
 @pytest.fixture(scope="module")
-def results(demo_pretraining) -> dict:
-    root = demo_pretraining["root"]
+def results(demo_pretraining, starts) -> dict:
+    root = starts["root"]
 
     def one(job):
         task, init = job
         out = root / "ft" / f"{task}_{init}"
-        overrides = [f"tokenizer={root / 'data' / 'world' / 'tokenizer'}", *TASKS[task][0]]
+        overrides = [f"tokenizer={demo_pretraining.tokenizer}", *TASKS[task][0]]
         if init == "official":
             overrides += OFFICIAL_OVERRIDES
         cmd = finetune_cmd(task, REPO / "configs" / "demo" / f"finetune_{task}.yaml",
-                           demo_pretraining[init], out, overrides)
-        proc = subprocess.run(cmd, cwd=REPO, env=finetune_env(root / "data"), capture_output=True, text=True,
+                           starts[init], out, overrides)
+        proc = subprocess.run(cmd, cwd=REPO, env=finetune_env(demo_pretraining.data), capture_output=True, text=True,
                               timeout=1500)
         assert proc.returncode == 0, f"{task} from {init}:\n{tail(proc)}"
         return json.loads((out / "eval.json").read_text())

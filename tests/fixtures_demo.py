@@ -1,0 +1,53 @@
+"""The demo's own pretraining, run once for the long tests that need it.
+
+- `demo_pretraining` (session): `scripts/demo_run.py --tasks ""` as `make demo` runs its first
+  stages: the demo world, `xfm-prep` shards and tokenizer, the demo model pretrained on one
+  ZeRO-3 rank with configs/pretrain/demo.yaml (300 steps), its export and zero-shot retrieval.
+  About 4 minutes on 2 cores. The shortened demo (test_demo.py) runs the fine-tuning stages on
+  top of it; test_finetune_from_demo_pretraining.py fine-tunes from its export.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class DemoPretraining:
+    data: Path    # --data: DATA/world, and DATA/demo for the results
+    runs: Path    # --runs: RUNS/pretrain/export, RUNS/zeroshot.json, RUNS/finetune/TASK
+
+    @property
+    def export(self) -> Path:
+        return self.runs / "pretrain" / "export"
+
+    @property
+    def tokenizer(self) -> Path:
+        return self.data / "world" / "tokenizer"
+
+
+def demo_run_cmd(demo: DemoPretraining, *args: str) -> list[str]:
+    """`scripts/demo_run.py` on the shared world and runs; a finished stage is reused."""
+    return [sys.executable, str(REPO / "scripts" / "demo_run.py"), "--data", str(demo.data),
+            "--runs", str(demo.runs), "--nproc", "1", *args]
+
+
+@pytest.fixture(scope="session")
+def demo_pretraining(tmp_path_factory) -> DemoPretraining:
+    from fixtures_pretrain import tail  # imported here: pytest registers fixtures_pretrain after this module
+
+    root = tmp_path_factory.mktemp("demo_pretraining")
+    demo = DemoPretraining(data=root / "data", runs=root / "runs")
+    # the environment as the test session has it (fixtures_pretrain points TORCH_EXTENSIONS_DIR
+    # at the venv, where DeepSpeed's CPU op is already built)
+    proc = subprocess.run(demo_run_cmd(demo, "--tasks", "", "--no-plots"), cwd=REPO, capture_output=True,
+                          text=True, timeout=1800)
+    assert proc.returncode == 0, tail(proc)
+    assert demo.export.is_dir() and (demo.runs / "zeroshot.json").is_file(), tail(proc)
+    return demo
