@@ -9,6 +9,7 @@ without colour ops (timm). A task with text about positions swaps "left"/"right"
 """
 from __future__ import annotations
 
+import os
 import random
 import re
 from dataclasses import dataclass
@@ -16,6 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from PIL import Image, ImageOps
+
+from xfm.finetune.image_cache import active_cache
 
 IMAGE_MEAN = (0.48145466, 0.4578275, 0.40821073)
 IMAGE_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -31,7 +34,15 @@ class ImageReadError(ValueError):
 
 def load_image(path, apply_exif: bool = True) -> Image.Image:
     """RGB picture as a viewer shows it (EXIF orientation applied); ``apply_exif=False``: in its
-    stored pixel frame (the frame COCO boxes are annotated in)."""
+    stored pixel frame (the frame COCO boxes are annotated in). Inside a fine-tuning run with
+    ``train.image_cache_mb`` set, a copy of the picture decoded the first time."""
+    cache = active_cache()
+    if cache is None:
+        return _read_image(path, apply_exif)
+    return cache.get((os.fspath(path), apply_exif), lambda: _read_image(path, apply_exif))
+
+
+def _read_image(path, apply_exif: bool) -> Image.Image:
     try:
         with Image.open(path) as img:
             img.load()

@@ -21,6 +21,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 from xfm.config import save_config
+from xfm.finetune.image_cache import decoded_image_cache
 from xfm.finetune.model_io import (gather_full_state, is_task_dir, load_backbone, new_keys, read_task_file,
                                    save_task_model, task_state_from_dir)
 from xfm.finetune.optim import finetune_param_groups
@@ -219,12 +220,17 @@ def run(cfg, task_cls, task_cfg, *, resume: bool = False, eval_only: bool = Fals
                      precision=cfg.engine.precision, checkpoint=cfg.checkpoint_path, resumed=resume,
                      eval_only=eval_only)
     try:
-        if eval_only or cfg.train.skip_train:
-            split = cfg.train.test_split or cfg.train.eval_split
-            metrics = task.evaluate(runner, split)
-            _write_eval(runner, writer, split, metrics, cfg.checkpoint_path, 0)
-            return metrics
-        return _train(cfg, runner, task_cfg, model_cfg, ckpt_dir, writer, resume)
+        with decoded_image_cache(cfg.train.image_cache_mb) as cache:
+            try:
+                if eval_only or cfg.train.skip_train:
+                    split = cfg.train.test_split or cfg.train.eval_split
+                    metrics = task.evaluate(runner, split)
+                    _write_eval(runner, writer, split, metrics, cfg.checkpoint_path, 0)
+                    return metrics
+                return _train(cfg, runner, task_cfg, model_cfg, ckpt_dir, writer, resume)
+            finally:
+                if cache is not None and writer is not None:
+                    writer.event(event="image_cache", **cache.stats())
     finally:
         if writer is not None:
             writer.close()

@@ -344,7 +344,8 @@ def test_image_cls_from_export_and_resume(finetune_ckpts, tmp_path):
     """The recipe (mixup/cutmix, RandAugment, random erasing; layer decay and a head lr multiplier
     switched on here) for 6 steps from the export: eval.json on val, best/ re-scored in this
     process gives the same numbers, and a run resumed from its step-2 checkpoint (mid-epoch)
-    repeats steps 3-6 exactly: augmentation and mixup draw from seeds of the run position."""
+    repeats steps 3-6 exactly: augmentation and mixup draw from seeds of the run position. With
+    the decoded-picture cache on, the same run gives the same losses and metrics."""
     import shutil
 
     out = tmp_path / "cls_export"
@@ -365,6 +366,17 @@ def test_image_cls_from_export_and_resume(finetune_ckpts, tmp_path):
     again, first = _losses(resumed), _losses(out)
     assert sorted(again) == [3, 4, 5, 6]
     assert [again[k] for k in (3, 4, 5, 6)] == pytest.approx([first[k] for k in (3, 4, 5, 6)], rel=1e-5)
+
+    # the decoded-picture cache changes no number: the second epoch and the second evaluation
+    # read every picture from it, through the same RandAugment / mixup / erasing draws
+    cached = tmp_path / "cls_cached"
+    cached_metrics = _check(*run_finetune(finetune_ckpts, "image_cls", cached, *args, "train.image_cache_mb=16"),
+                            "image_cls")
+    assert _losses(cached) == first and cached_metrics == metrics
+    stats = [r for r in map(json.loads, (cached / "metrics.jsonl").read_text().splitlines())
+             if r.get("event") == "image_cache"]
+    assert len(stats) == 1 and stats[0]["misses"] == 30 + 20 and stats[0]["over_budget"] == 0, stats
+    assert stats[0]["hits"] >= 30 + 20, stats  # epoch 2 and the second evaluation at least
 
 
 def test_image_cls_from_timm_beit(finetune_ckpts, beit_state_dict_file, tmp_path):
