@@ -86,9 +86,16 @@ def launcher(nproc: int) -> list[str]:
 def stage_world(data: Path, size: str) -> Path:
     from xfm.data_prep.synth import make_world, prepare_world
 
+    from xfm.data_prep.synth.build import FORMAT_VERSION, MANIFEST
+
     world = data / "world"
-    if not (world / "world.json").exists():
+    if not (world / MANIFEST).exists():
         make_world(world, seed=0, size=size)
+    made = json.loads((world / MANIFEST).read_text()).get("format_version")
+    if made != FORMAT_VERSION:
+        # its downstream sets differ from today's, and so would every result computed on them
+        raise StageFailed(f"{world} was made by an earlier synthetic-world generator (format {made}, "
+                          f"now {FORMAT_VERSION}): delete it and the demo's runs directory to rebuild both")
     prepare_world(world, seed=0, size=size)   # runs only the shard/tokenizer steps not done yet
     return world
 
@@ -290,4 +297,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except StageFailed as e:  # a stage before fine-tuning: nothing after it can run
+        sys.exit(f"demo: {e}")

@@ -32,3 +32,19 @@ def test_unknown_task_is_refused_before_any_stage(tmp_path):
         demo_run.main(["--data", str(tmp_path / "data"), "--runs", str(tmp_path / "runs"), "--tasks", "vqa,nope"])
     assert "unknown task 'nope'" in str(e.value.code)
     assert not (tmp_path / "data" / "world").exists()
+
+
+def test_a_world_from_an_earlier_generator_is_refused_by_name(tmp_path, monkeypatch):
+    """Its downstream sets (NLVR2 before format 2) differ from today's: reusing it would report
+    results of the old sets as the demo's."""
+    import json
+
+    world = tmp_path / "data" / "world"
+    world.mkdir(parents=True)
+    (world / "world.json").write_text(json.dumps({"format_version": 1}))
+    prepared = []
+    monkeypatch.setattr("xfm.data_prep.synth.prepare_world", lambda *a, **k: prepared.append(a))
+    with pytest.raises(demo_run.StageFailed, match=rf"{world} was made by an earlier synthetic-world "
+                                                   r"generator \(format 1, now 2\)"):
+        demo_run.main(["--data", str(tmp_path / "data"), "--runs", str(tmp_path / "runs")])
+    assert not prepared and not (tmp_path / "runs" / "pretrain").exists()

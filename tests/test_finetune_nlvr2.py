@@ -73,13 +73,18 @@ def test_logits_fuse_each_picture_separately_and_concatenate_in_order(prepared_w
 
 def test_loss_trains_every_encoder_and_fits_a_batch(prepared_world):
     """No stop-gradient (the config's pretraining flag is on), and the loss can be driven far
-    below the label prior's ln 2 on a fixed batch."""
+    below the label prior's ln 2 on a fixed batch in which every sentence comes with a pair of
+    pictures it is true of and one it is false of: only the pictures tell those rows apart."""
     from xfm.finetune.images import TrainAugment
 
     task, model = _task(prepared_world.root, augment=TrainAugment(crop_scale=(1.0, 1.0), hflip=False,
                                                                   randaugment=False))
     ds = task.dataset("train", True)
     batch = task.collate([ds[i] for i in range(12)], True)
+    by_sentence = {}
+    for ex in ds.examples[:12]:
+        by_sentence.setdefault(ex.sentence, set()).add(int(ex.label))
+    assert all(labels == {0, 1} for labels in by_sentence.values()), by_sentence
     loss, _ = task.loss(model, batch, None)
     loss.backward()
     for part in ("text", "vision", "fusion"):

@@ -40,7 +40,9 @@ from .writers import (atomic_write_bytes, coco_captions, write_json, write_jsonl
                       write_tsv)
 
 MANIFEST = "world.json"
-FORMAT_VERSION = 1
+# 2: every NLVR2 sentence comes with a pair it is true of and a pair it is false of (in 1 the
+# sentence's wording told its label)
+FORMAT_VERSION = 2
 # 64 px by default: a 5-20 px shape keeps its outline at 64 px, and the loaders resize to the
 # model's input (32 px for the tiny model, patch 8); regions' boxes are pixels of this size.
 DEFAULT_IMAGE_SIZE = 64
@@ -328,18 +330,33 @@ def _write_vqa(out: Path, scenes: dict, lrng: dict, per_scene: int) -> tuple[dic
 
 def _write_nlvr2(out: Path, scenes: dict, lrng: dict, n_rows: tuple) -> tuple[dict, dict]:
     """NLVR2 JSON lines {identifier, images: [left, right], sentence, label "True"/"False"};
-    both images of a row come from the same split; labels alternate to stay balanced."""
+    both images of a row come from the same split. As in NLVR2 itself, every sentence comes
+    twice, with a pair of pictures it is true of and with one it is false of, so that the sentence
+    alone predicts nothing: a model has to look at the pictures (without this, the majority label
+    of each sentence read 0.655 of the demo world's test rows)."""
     names = {"train": "train", "val": "dev", "test": "test"}
     paths, counts = {}, {}
     for split, n in zip(_SPLITS, n_rows):
         rng, pool, rows = lrng[split], scenes[split], []
-        for k in range(n):
+
+        def draw_pair():
             i, j = (int(v) for v in rng.choice(len(pool), size=2, replace=False))
-            left, right = pool[i], pool[j]
-            sentence, truth = lang.pair_statement(left, right, rng, want=(k % 2 == 0))
-            rows.append({"identifier": f"{names[split]}-{k}-0",
-                         "images": [image_path(left.image_id), image_path(right.image_id)],
-                         "sentence": sentence, "label": "True" if truth else "False"})
+            return pool[i], pool[j]
+
+        while len(rows) < n:
+            left, right = draw_pair()
+            sentence, truth = lang.pair_statement(left, right, rng, want=(len(rows) // 2) % 2 == 0)
+            for _ in range(200):  # a pair of pictures the same sentence is not true of
+                other = draw_pair()
+                if lang.statement_truth(sentence, *other) != truth:
+                    break
+            else:
+                continue  # (none found: another sentence)
+            for (l_, r_), label in (((left, right), truth), (other, not truth)):
+                rows.append({"identifier": f"{names[split]}-{len(rows)}-0",
+                             "images": [image_path(l_.image_id), image_path(r_.image_id)],
+                             "sentence": sentence, "label": "True" if label else "False"})
+        rows = rows[:n]
         paths[names[split]] = f"nlvr2/{names[split]}.jsonl"
         write_jsonl(out / paths[names[split]], rows)
         counts[names[split]] = len(rows)

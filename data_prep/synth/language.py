@@ -5,6 +5,8 @@ generator only chooses *which* true (or false) thing to say.
 """
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 from .world import (COLOURS, INVERSE_RELATION, PLURALS, RELATIONS, SHAPES, SIZE_NAMES, Obj, Scene,
@@ -218,6 +220,32 @@ def pair_statement(left: Scene, right: Scene, rng: np.random.Generator, want: bo
         if truth == want:
             break
     return sentence, bool(truth)
+
+
+_SHAPE_BY_NAME = {**{s_: s_ for s_ in SHAPES}, **{PLURALS[s_]: s_ for s_ in SHAPES}}
+_STATEMENT_FORMS = (
+    (re.compile(r"the (left|right) image contains a (\w+) (\w+)"),
+     lambda m, l, r: (l if m[1] == "left" else r).count(shape=_SHAPE_BY_NAME[m[3]], colour=m[2]) > 0),
+    (re.compile(r"both images contain a (\w+)"),
+     lambda m, l, r: l.count(shape=m[1]) > 0 and r.count(shape=m[1]) > 0),
+    (re.compile(r"there (?:is|are) (\w+) (\w+) in total"),
+     lambda m, l, r: l.count(shape=_SHAPE_BY_NAME[m[2]]) + r.count(shape=_SHAPE_BY_NAME[m[2]])
+     == NUMBER_WORDS.index(m[1])),
+    (re.compile(r"the (left|right) image has more shapes than the (?:left|right) image"),
+     lambda m, l, r: (len(l.objects) > len(r.objects)) if m[1] == "left" else (len(r.objects) > len(l.objects))),
+    (re.compile(r"exactly one image contains a (\w+) object"),
+     lambda m, l, r: (l.count(colour=m[1]) > 0) != (r.count(colour=m[1]) > 0)),
+)
+
+
+def statement_truth(sentence: str, left: Scene, right: Scene) -> bool:
+    """Whether a `pair_statement` sentence holds of another (left, right) pair: what lets NLVR2
+    rows show one sentence with pairs that make it true and pairs that make it false."""
+    for pattern, holds in _STATEMENT_FORMS:
+        m = pattern.fullmatch(sentence)
+        if m:
+            return bool(holds(m, left, right))
+    raise ValueError(f"not a pair statement: {sentence!r}")
 
 
 # ---------------------------------------------------------------- text-only tasks
