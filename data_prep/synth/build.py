@@ -141,7 +141,8 @@ def make_world(out_dir, seed: int = 0, size: str = "test", image_size: int | Non
     """Write the synthetic world into `out_dir` and return its manifest (also in world.json).
 
     Re-running with the same arguments on a finished world returns the existing manifest; a
-    directory holding anything else is refused (stale files would end up in the manifest)."""
+    directory holding anything else, or a world of an earlier FORMAT_VERSION, is refused (stale
+    files would end up in the manifest)."""
     if size not in SIZES:
         raise ValueError(f"unknown world size {size!r}; choose one of {sorted(SIZES)}")
     sizes = SIZES[size]
@@ -151,6 +152,11 @@ def make_world(out_dir, seed: int = 0, size: str = "test", image_size: int | Non
     existing = out / MANIFEST
     if existing.exists():
         manifest = json.loads(existing.read_text())
+        if manifest.get("format_version") != FORMAT_VERSION:
+            # its downstream sets differ from today's, and so would every result computed on them
+            raise ValueError(f"{out} was made by an earlier synthetic-world generator (format "
+                             f"{manifest.get('format_version')}, now {FORMAT_VERSION}): delete it, and "
+                             f"any results computed on it, to make it again")
         if {k: manifest.get(k) for k in params} == params:
             return manifest
         raise ValueError(f"{out} already holds a world with {({k: manifest.get(k) for k in params})}, "
@@ -345,10 +351,11 @@ def _write_nlvr2(out: Path, scenes: dict, lrng: dict, n_rows: tuple) -> tuple[di
 
         while len(rows) < n:
             left, right = draw_pair()
-            sentence, truth = lang.pair_statement(left, right, rng, want=(len(rows) // 2) % 2 == 0)
+            sentence, holds = lang.pair_statement_with_test(left, right, rng, want=(len(rows) // 2) % 2 == 0)
+            truth = bool(holds(left, right))
             for _ in range(200):  # a pair of pictures the same sentence is not true of
                 other = draw_pair()
-                if lang.statement_truth(sentence, *other) != truth:
+                if holds(*other) != truth:
                     break
             else:
                 continue  # (none found: another sentence)

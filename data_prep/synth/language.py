@@ -5,8 +5,6 @@ generator only chooses *which* true (or false) thing to say.
 """
 from __future__ import annotations
 
-import re
-
 import numpy as np
 
 from .world import (COLOURS, INVERSE_RELATION, PLURALS, RELATIONS, SHAPES, SIZE_NAMES, Obj, Scene,
@@ -173,18 +171,20 @@ def questions(scene: Scene, rng: np.random.Generator, k: int) -> list[tuple[str,
 
 
 # ---------------------------------------------------------------- NLVR2 statements about a pair
+# Each template chooses what to say from the (left, right) pair it is given and returns the
+# sentence with its test: a function deciding it on any pair, so that NLVR2 rows can show one
+# sentence with a pair it is true of and a pair it is false of.
 def _s_side_has(left, right, rng):
     side = "left" if rng.random() < 0.5 else "right"
-    scene = left if side == "left" else right
     pool = list(left.objects + right.objects)
     o = pool[int(rng.integers(len(pool)))]
     return (f"the {side} image contains a {o.colour} {o.shape}",
-            scene.count(shape=o.shape, colour=o.colour) > 0)
+            lambda l, r: (l if side == "left" else r).count(shape=o.shape, colour=o.colour) > 0)
 
 
 def _s_both_have(left, right, rng):
     shape = str(rng.choice([o.shape for o in left.objects + right.objects]))
-    return f"both images contain a {shape}", left.count(shape=shape) > 0 and right.count(shape=shape) > 0
+    return f"both images contain a {shape}", lambda l, r: l.count(shape=shape) > 0 and r.count(shape=shape) > 0
 
 
 def _s_total(left, right, rng):
@@ -192,60 +192,41 @@ def _s_total(left, right, rng):
     true_n = left.count(shape=shape) + right.count(shape=shape)
     n = true_n if rng.random() < 0.5 else int(rng.integers(1, 5))
     verb = "is" if n == 1 else "are"
-    return f"there {verb} {number_word(n)} {plural(shape, n)} in total", n == true_n
+    return (f"there {verb} {number_word(n)} {plural(shape, n)} in total",
+            lambda l, r: l.count(shape=shape) + r.count(shape=shape) == n)
 
 
 def _s_more(left, right, rng):
     a, b = ("left", "right") if rng.random() < 0.5 else ("right", "left")
-    na = len(left.objects) if a == "left" else len(right.objects)
-    nb = len(right.objects) if a == "left" else len(left.objects)
-    return f"the {a} image has more shapes than the {b} image", na > nb
+    return (f"the {a} image has more shapes than the {b} image",
+            lambda l, r: (len(l.objects) > len(r.objects)) if a == "left" else (len(r.objects) > len(l.objects)))
 
 
 def _s_exactly_one(left, right, rng):
     colour = str(rng.choice([o.colour for o in left.objects + right.objects]))
     return (f"exactly one image contains a {colour} object",
-            (left.count(colour=colour) > 0) != (right.count(colour=colour) > 0))
+            lambda l, r: (l.count(colour=colour) > 0) != (r.count(colour=colour) > 0))
 
 
 STATEMENT_TEMPLATES = (_s_side_has, _s_both_have, _s_total, _s_more, _s_exactly_one)
 
 
+def pair_statement_with_test(left: Scene, right: Scene, rng: np.random.Generator, want: bool):
+    """(sentence, holds) about the (left, right) pair, with ``holds(left, right) == want`` when
+    such a sentence can be found; ``holds`` decides the same sentence on any other pair."""
+    sentence, holds = None, None
+    for _ in range(100):
+        sentence, holds = STATEMENT_TEMPLATES[int(rng.integers(len(STATEMENT_TEMPLATES)))](left, right, rng)
+        if holds(left, right) == want:
+            break
+    return sentence, holds
+
+
 def pair_statement(left: Scene, right: Scene, rng: np.random.Generator, want: bool) -> tuple[str, bool]:
     """A sentence about the (left, right) pair whose truth is `want` when one can be found
     (labels then stay balanced); the returned label is always the computed truth."""
-    sentence, truth = None, None
-    for _ in range(100):
-        sentence, truth = STATEMENT_TEMPLATES[int(rng.integers(len(STATEMENT_TEMPLATES)))](left, right, rng)
-        if truth == want:
-            break
-    return sentence, bool(truth)
-
-
-_SHAPE_BY_NAME = {**{s_: s_ for s_ in SHAPES}, **{PLURALS[s_]: s_ for s_ in SHAPES}}
-_STATEMENT_FORMS = (
-    (re.compile(r"the (left|right) image contains a (\w+) (\w+)"),
-     lambda m, l, r: (l if m[1] == "left" else r).count(shape=_SHAPE_BY_NAME[m[3]], colour=m[2]) > 0),
-    (re.compile(r"both images contain a (\w+)"),
-     lambda m, l, r: l.count(shape=m[1]) > 0 and r.count(shape=m[1]) > 0),
-    (re.compile(r"there (?:is|are) (\w+) (\w+) in total"),
-     lambda m, l, r: l.count(shape=_SHAPE_BY_NAME[m[2]]) + r.count(shape=_SHAPE_BY_NAME[m[2]])
-     == NUMBER_WORDS.index(m[1])),
-    (re.compile(r"the (left|right) image has more shapes than the (?:left|right) image"),
-     lambda m, l, r: (len(l.objects) > len(r.objects)) if m[1] == "left" else (len(r.objects) > len(l.objects))),
-    (re.compile(r"exactly one image contains a (\w+) object"),
-     lambda m, l, r: (l.count(colour=m[1]) > 0) != (r.count(colour=m[1]) > 0)),
-)
-
-
-def statement_truth(sentence: str, left: Scene, right: Scene) -> bool:
-    """Whether a `pair_statement` sentence holds of another (left, right) pair: what lets NLVR2
-    rows show one sentence with pairs that make it true and pairs that make it false."""
-    for pattern, holds in _STATEMENT_FORMS:
-        m = pattern.fullmatch(sentence)
-        if m:
-            return bool(holds(m, left, right))
-    raise ValueError(f"not a pair statement: {sentence!r}")
+    sentence, holds = pair_statement_with_test(left, right, rng, want)
+    return sentence, bool(holds(left, right))
 
 
 # ---------------------------------------------------------------- text-only tasks
