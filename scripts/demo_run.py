@@ -84,19 +84,13 @@ def launcher(nproc: int) -> list[str]:
 
 # ---------------------------------------------------------------------------- stages
 def stage_world(data: Path, size: str) -> Path:
-    from xfm.data_prep.synth import make_world, prepare_world
-
-    from xfm.data_prep.synth.build import FORMAT_VERSION, MANIFEST
+    from xfm.data_prep.synth import prepare_world
 
     world = data / "world"
-    if not (world / MANIFEST).exists():
-        make_world(world, seed=0, size=size)
-    made = json.loads((world / MANIFEST).read_text()).get("format_version")
-    if made != FORMAT_VERSION:
-        # its downstream sets differ from today's, and so would every result computed on them
-        raise StageFailed(f"{world} was made by an earlier synthetic-world generator (format {made}, "
-                          f"now {FORMAT_VERSION}): delete it and the demo's runs directory to rebuild both")
-    prepare_world(world, seed=0, size=size)   # runs only the shard/tokenizer steps not done yet
+    try:
+        prepare_world(world, seed=0, size=size)   # makes the world, then only the steps not done yet
+    except ValueError as e:  # a world this generator did not make (other size, earlier format)
+        raise StageFailed(str(e)) from None
     return world
 
 
