@@ -30,9 +30,6 @@ class DecodedImageCache:
         self.hits = self.misses = self.over_budget = 0
         self._images: dict[Hashable, Image.Image] = {}
 
-    def __len__(self) -> int:
-        return len(self._images)
-
     def get(self, key: Hashable, read: Callable[[], Image.Image]) -> Image.Image:
         img = self._images.get(key)
         if img is not None:

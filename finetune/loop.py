@@ -219,20 +219,19 @@ def run(cfg, task_cls, task_cfg, *, resume: bool = False, eval_only: bool = Fals
         writer.event(event="start", task=task.name, world_size=runner.world, zero_stage=cfg.engine.zero_stage,
                      precision=cfg.engine.precision, checkpoint=cfg.checkpoint_path, resumed=resume,
                      eval_only=eval_only)
+    cache = None
     try:
         with decoded_image_cache(cfg.train.image_cache_mb) as cache:
-            try:
-                if eval_only or cfg.train.skip_train:
-                    split = cfg.train.test_split or cfg.train.eval_split
-                    metrics = task.evaluate(runner, split)
-                    _write_eval(runner, writer, split, metrics, cfg.checkpoint_path, 0)
-                    return metrics
-                return _train(cfg, runner, task_cfg, model_cfg, ckpt_dir, writer, resume)
-            finally:
-                if cache is not None and writer is not None:
-                    writer.event(event="image_cache", **cache.stats())
+            if eval_only or cfg.train.skip_train:
+                split = cfg.train.test_split or cfg.train.eval_split
+                metrics = task.evaluate(runner, split)
+                _write_eval(runner, writer, split, metrics, cfg.checkpoint_path, 0)
+                return metrics
+            return _train(cfg, runner, task_cfg, model_cfg, ckpt_dir, writer, resume)
     finally:
         if writer is not None:
+            if cache is not None:
+                writer.event(event="image_cache", **cache.stats())
             writer.close()
 
 

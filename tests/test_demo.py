@@ -44,6 +44,8 @@ pytestmark = pytest.mark.long  # minutes on 2 cores: `make test-long`
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "scripts"))
 
+from demo_run import TASKS  # noqa: E402
+
 FINETUNE_CUTS = ["vqa:train.max_steps=200",
                  "grounding:train.max_steps=1000", "grounding:train.eval_every=500",
                  "image_cls:train.max_steps=500", "image_cls:train.eval_every=250",
@@ -70,7 +72,6 @@ def test_results_structure_and_every_metric_above_chance(demo):
     demo_pretraining, proc = demo
     out = demo_pretraining.data / "demo"
     results = json.loads((out / "results.json").read_text())
-    from demo_run import TASKS
     expected = ZEROSHOT | RETRIEVAL | {label for task, (_, _, label, _) in TASKS.items() if task != "retrieval"}
     assert set(results) == expected, (sorted(set(results) ^ expected), proc.stdout[-2000:])
     for name, entry in results.items():
@@ -104,6 +105,5 @@ def test_rerun_reuses_finished_stages(demo):
     proc = _run_demo(demo_pretraining)
     assert proc.returncode == 0, tail(proc)
     assert "xfm.pretrain.cli" not in proc.stdout and "xfm.finetune.cli" not in proc.stdout
-    from demo_run import TASKS
     assert proc.stdout.count("reusing") == 2 + len(TASKS)  # the export, zero-shot, each task
     assert (demo_pretraining.data / "demo" / "results.json").read_text() == before

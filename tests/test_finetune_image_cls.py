@@ -33,6 +33,7 @@ from xfm.finetune.task import TaskContext
 from xfm.model import XFM
 from xfm.model_config import model_config
 from fixtures_finetune import run_finetune
+from xfm.runtime.metrics import read_metrics
 
 TINY = model_config("tiny")
 
@@ -336,8 +337,7 @@ def _rescore(best: Path, split: str) -> dict:
 
 
 def _losses(run: Path) -> dict[int, float]:
-    return {r["step"]: r["loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
-            if "loss" in r}
+    return {r["step"]: r["loss"] for r in read_metrics(run) if "loss" in r}
 
 
 def test_image_cls_from_export_and_resume(finetune_ckpts, tmp_path):
@@ -373,8 +373,7 @@ def test_image_cls_from_export_and_resume(finetune_ckpts, tmp_path):
     cached_metrics = _check(*run_finetune(finetune_ckpts, "image_cls", cached, *args, "train.image_cache_mb=16"),
                             "image_cls")
     assert _losses(cached) == first and cached_metrics == metrics
-    stats = [r for r in map(json.loads, (cached / "metrics.jsonl").read_text().splitlines())
-             if r.get("event") == "image_cache"]
+    stats = [r for r in read_metrics(cached) if r.get("event") == "image_cache"]
     assert len(stats) == 1 and stats[0]["misses"] == 30 + 20 and stats[0]["over_budget"] == 0, stats
     assert stats[0]["hits"] >= 30 + 20, stats  # epoch 2 and the second evaluation at least
 
