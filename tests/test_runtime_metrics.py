@@ -50,3 +50,13 @@ def test_a_whole_file_is_left_as_it_is(tmp_path):
     before = (tmp_path / METRICS_FILE).read_bytes()
     MetricsWriter(tmp_path, tensorboard=False).close()
     assert (tmp_path / METRICS_FILE).read_bytes() == before
+
+
+def test_a_torn_line_longer_than_a_read_block_is_cut_whole(tmp_path):
+    from xfm.runtime.metrics import _drop_torn_tail
+
+    path = tmp_path / METRICS_FILE
+    path.write_bytes(b'{"step": 1}\n' + b'{"x": "' + b"y" * 50)
+    assert _drop_torn_tail(path, block=8) == 57 and path.read_bytes() == b'{"step": 1}\n'
+    path.write_bytes(b"no newline at all")
+    assert _drop_torn_tail(path, block=4) == 17 and path.read_bytes() == b""

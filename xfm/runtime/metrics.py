@@ -70,17 +70,29 @@ class MetricsWriter:
             self._tb.close()
 
 
-def _drop_torn_tail(path: Path) -> int:
-    """Cut an unterminated last line off ``path``; returns how many bytes were cut."""
+def _drop_torn_tail(path: Path, block: int = 1 << 16) -> int:
+    """Cut an unterminated last line off ``path``; returns how many bytes were cut. Reads from the
+    end only: a month's metrics file is not read whole to resume."""
     if not path.exists():
         return 0
-    data = path.read_bytes()
-    if not data or data.endswith(b"\n"):
-        return 0
-    keep = data.rfind(b"\n") + 1
     with open(path, "r+b") as f:
-        f.truncate(keep)
-    return len(data) - keep
+        end = f.seek(0, os.SEEK_END)
+        if end == 0:
+            return 0
+        f.seek(end - 1)
+        if f.read(1) == b"\n":
+            return 0
+        pos = end
+        while pos > 0:  # back to the last newline (or the start of the file)
+            start = max(0, pos - block)
+            f.seek(start)
+            newline = f.read(pos - start).rfind(b"\n")
+            if newline >= 0:
+                pos = start + newline + 1
+                break
+            pos = start
+        f.truncate(pos)
+        return end - pos
 
 
 def read_metrics(run_dir: str | os.PathLike, live: bool = False) -> list[dict]:
