@@ -54,6 +54,13 @@ def variance_shares(states: torch.Tensor) -> dict:
             "interaction": float(interaction.pow(2).sum() / total)}
 
 
+def offset_and_spread(states: torch.Tensor) -> dict:
+    """(..., D) states -> {"mean_abs": mean over D of |mean|, "spread": mean over D of the std},
+    mean and std taken over every state."""
+    flat = states.reshape(-1, states.shape[-1]).double()
+    return {"mean_abs": float(flat.mean(0).abs().mean()), "spread": float(flat.std(0).mean())}
+
+
 def diagonal_auc(scores: torch.Tensor) -> float:
     """(N, N) scores, pair (i, i) matching: P(score of a matching pair > a non-matching one), ties 1/2."""
     n = scores.shape[0]
@@ -107,6 +114,7 @@ def main(argv=None) -> int:
     states, itm = torch.stack(states), torch.stack(itm)   # (pictures, captions, D), (pictures, captions)
     out = {"checkpoint": str(args.checkpoint), "pictures": n, "caption_index": args.caption_index,
            "fusion_token0_variance": variance_shares(states),
+           "fusion_token0_offset": offset_and_spread(states),
            "itm_prob_mean": float(itm.mean()), "itm_prob_std": float(itm.std()),
            "itm_diagonal_auc": diagonal_auc(itm), "itm_text_to_picture_r1": text_to_picture_r1(itm),
            "chance_r1": 1.0 / n}

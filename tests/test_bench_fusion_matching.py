@@ -46,6 +46,12 @@ def test_variance_shares_reject_a_grid_it_cannot_split():
         fm.variance_shares(torch.ones(3, 4, 2))
 
 
+def test_offset_and_spread():
+    states = torch.tensor([[1.0, -3.0], [3.0, -5.0]])   # per dimension: means 2, -4; stds 1.414 each
+    out = fm.offset_and_spread(states)
+    assert out["mean_abs"] == pytest.approx(3.0) and out["spread"] == pytest.approx(2 ** 0.5)
+
+
 def test_diagonal_auc_and_r1():
     n = 5
     perfect = torch.eye(n) + 0.01 * torch.arange(n * n, dtype=torch.float).view(n, n)
@@ -71,6 +77,7 @@ def test_runs_on_an_export_and_reports_json(finetune_ckpts):
     assert out["pictures"] == 6 and out["chance_r1"] == pytest.approx(1 / 6)
     shares = out["fusion_token0_variance"]
     assert set(shares) == {"picture", "text", "interaction"} and abs(sum(shares.values()) - 1) < 1e-6
+    assert out["fusion_token0_offset"]["spread"] > 0
     assert 0.0 <= out["itm_diagonal_auc"] <= 1.0 and 0.0 <= out["itm_prob_mean"] <= 1.0
     # a caption number no picture has is named, not an IndexError
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "fusion_matching.py"), "--checkpoint",
