@@ -35,15 +35,16 @@ def test_unknown_task_is_refused_before_any_stage(tmp_path):
 
 
 def test_a_world_from_an_earlier_generator_is_refused_by_name(tmp_path):
-    """Its downstream sets (NLVR2 before format 2) differ from today's: reusing it would report
-    results of the old sets as the demo's. make_world refuses it; the demo says so by name."""
+    """Its downstream sets (NLVR2 before format 2, the demo's smaller NLVR2 set before 3) differ
+    from today's: reusing it would report results of the old sets as the demo's. make_world
+    refuses it; the demo says so by name."""
     import json
 
     world = tmp_path / "data" / "world"
     world.mkdir(parents=True)
     (world / "world.json").write_text(json.dumps({"format_version": 1, "seed": 0, "size": "demo", "image_size": 64}))
     with pytest.raises(demo_run.StageFailed, match=rf"{world} was made by an earlier synthetic-world "
-                                                   r"generator \(format 1, now 2\)"):
+                                                   r"generator \(format 1, now 3\)"):
         demo_run.main(["--data", str(tmp_path / "data"), "--runs", str(tmp_path / "runs")])
     assert sorted(p.name for p in world.iterdir()) == ["world.json"]  # nothing made or run
     assert not (tmp_path / "runs" / "pretrain").exists()

@@ -40,6 +40,7 @@ from pathlib import Path
 
 import pytest
 
+from fixtures_demo import OFFICIAL_OVERRIDES
 from fixtures_finetune import finetune_cmd, finetune_env, official_tiny_th
 from fixtures_pretrain import tail
 
@@ -56,10 +57,6 @@ TASKS = {
     "grounding": ([], "acc", "test", {500, 1000, 1500}, 0.08),
     "image_cls": (["train.max_steps=500", "train.eval_every=250"], "top1", "val", {250, 500}, 6.0),
 }
-# what an official file cannot say about the demo model: its text/fusion head count (the shapes
-# do not fix it: `model.num_heads`, as for any official file), its fixed position table (a
-# non-persistent buffer) and the training-time fields of its size preset
-OFFICIAL_OVERRIDES = ["model.num_heads=4", "model.overrides={size: tiny, vision: {abs_pos_embed: sincos}}"]
 
 
 @pytest.fixture(scope="module")
