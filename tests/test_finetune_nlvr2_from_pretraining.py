@@ -13,10 +13,13 @@ start; by step 800 the pretraining's ITM loss has left its prior (0.637 -> 0.55)
 Three starts, same data order and seed: the pretraining's export, the same weights as an
 official-layout `.th` (must land exactly where the export does), and a randomly initialised demo
 model. The fine-tuning: configs/demo/finetune_nlvr2.yaml with the encoders at lr 1e-4 and the new
-head at 10x, 2000 steps x 16 (4 passes over the 8000 rows). Measured while choosing it, on a set
-of the same make: test 0.625 from such an export (0.645 after 3000 steps); at the recipe's lr 5e-4 the loss stays at ln 2
-from every start; from the demo's 300-step export with these settings 0.500. One standard error on
-400 test rows is 2.5 points.
+head at 10x, 3000 steps x 16 (6 passes over the 8000 rows). When the loss leaves ln 2 varies from
+run to run: measured, from this test's own 800-step export, 0.517 after 2000 steps (validation
+0.51 until step 1000, 0.55 at 1500) and 0.605 after 3000 (validation 0.58 / 0.66 / 0.64 at 2000 /
+2500 / 3000); from another run of the same pretraining on a set of the same make, 0.625 / 0.645
+after 2000 / 3000. At the demo recipe's lr 5e-4 the loss stays at ln 2 from every start; from the
+demo's 300-step export with these settings the test accuracy is 0.500. One standard error on 400
+test rows is 2.5 points. About 35 minutes on 2 cores (both pretrainings and three 3000-step runs).
 """
 from __future__ import annotations
 
@@ -31,14 +34,14 @@ from fixtures_demo import OFFICIAL_OVERRIDES, DemoPretraining, demo_run_cmd
 from fixtures_finetune import finetune_cmd, finetune_env, official_tiny_th
 from fixtures_pretrain import tail
 
-pytestmark = pytest.mark.long
+pytestmark = [pytest.mark.long, pytest.mark.timeout(3600)]
 
 REPO = Path(__file__).resolve().parents[1]
 INITS = ("export", "official", "random")
 PRETRAIN_STEPS = 800
-SETTINGS = ["train.max_steps=2000", "train.epochs=10", "train.eval_every=500",
+SETTINGS = ["train.max_steps=3000", "train.epochs=10", "train.eval_every=500",
             "optim.lr=1e-4", "optim.head_lr_mult=10"]
-MARGIN = 0.06  # ~2.4 standard errors on 400 rows; measured 0.625 vs 0.500
+MARGIN = 0.05  # 2 standard errors on 400 rows; measured 0.605 from this test's export
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +85,7 @@ def test_nlvr2_from_a_pretraining_whose_itm_learnt_beats_random_weights(results)
     values = {}
     for init, result in results.items():
         assert result["task"] == "nlvr2" and result["split"] == "test", result
-        assert result["step"] in {500, 1000, 1500, 2000}, result
+        assert result["step"] in {500, 1000, 1500, 2000, 2500, 3000}, result
         values[init] = result["metrics"]["acc"]
     assert values["export"] >= values["random"] + MARGIN, values
     # same tensors, same data order, one thread each: the official adapter changes nothing
