@@ -19,7 +19,7 @@ run to run: measured, from this test's own 800-step export, 0.517 after 2000 ste
 2500 / 3000); from another run of the same pretraining on a set of the same make, 0.625 / 0.645
 after 2000 / 3000. At the demo recipe's lr 5e-4 the loss stays at ln 2 from every start; from the
 demo's 300-step export with these settings the test accuracy is 0.500. One standard error on 400
-test rows is 2.5 points. About 35 minutes on 2 cores (both pretrainings and three 3000-step runs).
+test rows is 2.5 points. 23 minutes on 2 cores (both pretrainings and three 3000-step runs).
 """
 from __future__ import annotations
 
