@@ -72,8 +72,13 @@ def diagonal_auc(scores: torch.Tensor) -> float:
 
 
 def text_to_picture_r1(scores: torch.Tensor) -> float:
-    """(N pictures, N texts) scores: fraction of texts whose own picture scores highest."""
-    return float((scores.argmax(dim=0) == torch.arange(scores.shape[1])).double().mean())
+    """(N pictures, N texts) scores, text i describing picture i: the retrieval task's text->image
+    R@1 (ties counted at their expected rank), as a fraction."""
+    from xfm.finetune.metrics import retrieval_recall
+
+    n = scores.shape[0]
+    s = scores.double().numpy()
+    return retrieval_recall(s, s.T, list(range(n)), [[i] for i in range(n)], ks=(1,))["img_r1"] / 100.0
 
 
 def main(argv=None) -> int:
