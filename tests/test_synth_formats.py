@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from xfm.data_prep.synth import SIZES, make_world
+from xfm.data_prep.synth import SIZES, make_world, write_class_images
 from xfm.data_prep.synth.world import PLURALS, SHAPES
 
 SINGULAR = {v: k for k, v in PLURALS.items()}
@@ -171,6 +171,37 @@ def test_class_folders(synth_world):
             with Image.open(p) as im:
                 im.load()
                 assert im.mode == "RGB" and im.size == (64, 64)
+
+
+
+def test_write_class_images_reproduces_the_class_folders_and_writes_new_held_out_sets(synth_world, tmp_path):
+    """The world's own class folders come out of write_class_images byte for byte; another split
+    name is a new set of the same classes and rendering, deterministic, sharing no picture with
+    the world's folders (nor with a set of another name), and the world is left untouched."""
+    def files(folder):
+        return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*.jpg"))}
+
+    world_before = {f["path"]: f["bytes"] for f in synth_world.manifest["all_files"]}
+    per_class = dict(zip(("train", "val"), SIZES["test"].class_images))
+    for split, n in per_class.items():
+        out = write_class_images(tmp_path / "again", split, n, seed=0)
+        assert out == tmp_path / "again" / split
+        assert files(out) == files(synth_world.path(f"classes/{split}"))
+
+    held = files(write_class_images(tmp_path / "a", "heldout", 7, seed=0))
+    assert len(held) == 7 * len(SHAPES)
+    assert sorted({name.split("/")[0] for name in held}) == sorted(SHAPES)
+    assert all(name.split("/")[1].startswith("heldout_") for name in held)
+    assert held == files(write_class_images(tmp_path / "b", "heldout", 7, seed=0))   # deterministic
+    world_pictures = {b for split in per_class for b in files(synth_world.path(f"classes/{split}")).values()}
+    assert not world_pictures & set(held.values())
+    other = files(write_class_images(tmp_path / "a", "heldout2", 7, seed=0))
+    assert not set(other.values()) & set(held.values())
+    with Image.open(tmp_path / "a" / "heldout" / SHAPES[0] / "heldout_000000.jpg") as im:
+        assert im.mode == "RGB" and im.size == (64, 64)
+    # nothing was written into the world
+    for rel, size in world_before.items():
+        assert synth_world.path(rel).stat().st_size == size
 
 
 # ------------------------------------------------------------------ GLUE-style tasks

@@ -27,6 +27,7 @@ import os
 import shlex
 import subprocess
 import sys
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,7 +88,7 @@ SIZES = {
 # Independent random streams (SeedSequence spawn keys): changing the size of one set never
 # changes another set's content for the same seed prefix, and splits never share a stream.
 _STREAMS = {"train": 1, "val": 2, "test": 3, "class_train": 4, "class_val": 5, "text": 6,
-            "lang_train": 7, "lang_val": 8, "lang_test": 9, "glue": 10}
+            "lang_train": 7, "lang_val": 8, "lang_test": 9, "glue": 10, "class_extra": 11}
 _SPLITS = ("train", "val", "test")
 
 
@@ -288,18 +289,47 @@ def _write_vg(out: Path, scenes: list[Scene], rng) -> tuple[dict, int]:
 
 def _write_classes(out: Path, seed: int, sizes: WorldSize, image_size: int, bar) -> tuple[dict, dict]:
     paths, counts = {}, {}
-    for split, per_class, stream in (("train", sizes.class_images[0], "class_train"),
-                                     ("val", sizes.class_images[1], "class_val")):
-        rng = _rng(seed, stream)
-        for k in range(per_class):
-            for label in SHAPES:
-                sc = sample_class_scene(rng, k, image_size, label, split=split)
-                atomic_write_bytes(out / "classes" / split / label / f"{split}_{k:06d}.jpg",
-                                   jpeg_bytes(render(sc)))
-                bar.update(1)
+    for split, per_class in (("train", sizes.class_images[0]), ("val", sizes.class_images[1])):
+        write_class_images(out / "classes", split, per_class, seed=seed, image_size=image_size,
+                           on_image=lambda: bar.update(1))
         paths[split] = f"classes/{split}"
         counts[split] = per_class * len(SHAPES)
     return paths, counts
+
+
+def _class_rng(seed: int, split: str) -> np.random.Generator:
+    if split in ("train", "val"):   # the world's own class folders
+        return _rng(seed, f"class_{split}")
+    # any other name: a stream of its own, keyed by the name (crc32: stable across runs)
+    return np.random.default_rng(np.random.SeedSequence(
+        [int(seed), _STREAMS["class_extra"], zlib.crc32(split.encode("utf-8"))]))
+
+
+def write_class_images(root, split: str, per_class: int, seed: int = 0, image_size: int | None = None,
+                       on_image=None) -> Path:
+    """Write ``per_class`` class pictures of every shape into ``root/<split>/<shape>/<split>_<k>.jpg``
+    (ImageNet-style class folders: the class is the shape of the one large object), rendered as the
+    world's ``classes/`` pictures are; returns ``root/<split>``.
+
+    ``split`` "train" / "val" with the world's seed, size and image size reproduce its
+    ``classes/train`` / ``classes/val`` byte for byte (the first ``per_class`` pictures of each
+    class: what ``make_world`` writes). Any other name draws from a random stream of its own
+    (seed, name), independent of every set of the world, so a larger held-out set of the same
+    classes can be written beside a world without touching it:
+
+        write_class_images("extra", "heldout", 400, seed=0)   # 2000 pictures, extra/heldout/<shape>/
+
+    ``on_image``: called after each picture (progress)."""
+    image_size = int(image_size or DEFAULT_IMAGE_SIZE)
+    rng = _class_rng(seed, split)
+    folder = Path(root) / split
+    for k in range(int(per_class)):
+        for label in SHAPES:
+            sc = sample_class_scene(rng, k, image_size, label, split=split)
+            atomic_write_bytes(folder / label / f"{split}_{k:06d}.jpg", jpeg_bytes(render(sc)))
+            if on_image is not None:
+                on_image()
+    return folder
 
 
 def _write_retrieval(out: Path, scenes: dict, caps: dict) -> tuple[dict, dict]:
