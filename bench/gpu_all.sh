@@ -1,11 +1,18 @@
 #!/usr/bin/env bash
-# Every GPU figure BENCHMARKS.md records, in one run of about 8 minutes on one H200:
-#   1. bench/kernels_gpu.py   the Triton attention and contrastive kernels against torch (SDPA)
-#   2. bench/gpu_step.py      a training step of the base model, torch vs Triton kernels, eager/compiled
-#   3. bench/pretrain_step.py the DeepSpeed ZeRO-3 engine, one GPU, bf16, the base model on the
-#                             synthetic world (configs/pretrain/base_synthetic.yaml), loader included
+# Every GPU figure BENCHMARKS.md records, in one run, part by part (PARTS picks some):
+#   kernels   bench/kernels_gpu.py         Triton attention and contrastive kernels vs torch (SDPA); ~30 s
+#   overhead  bench/attention_overhead.py  host vs device time of one small attention call; ~20 s
+#   step      bench/gpu_step.py            base-model training step, torch vs Triton kernels; ~70 s
+#   engine    bench/pretrain_step.py       the DeepSpeed ZeRO-3 engine, one GPU, bf16, the base model on
+#                                          the synthetic world (configs/pretrain/base_synthetic.yaml),
+#                                          loader included; not yet seen to finish on an H200 in 150 s
+#   compiled  bench/gpu_step.py            the same step with the blocks compiled; compiling the base
+#                                          model took more than 150 s on an H200
 # Each part has its own time limit, so a part that hangs or fails leaves the others' figures.
-#   bash bench/gpu_all.sh OUT_DIR      (needs xfm and its requirements importable by $PYTHON)
+#   [PARTS="kernels step"] bash bench/gpu_all.sh OUT_DIR
+# xfm must be importable as `make install` leaves it (editable): from a plain wheel install, run
+# the scripts from a copy of bench/, configs/ and tests/ without the source folders, or the
+# checkout's xfm/ folder shadows the installed package in the engine's subprocess.
 set -u
 OUT=${1:?usage: bash bench/gpu_all.sh OUT_DIR}
 PYTHON=${PYTHON:-python3}
@@ -34,7 +41,17 @@ part() {  # part NAME SECONDS CMD...: run with a limit, keep its log, show its e
   grep -v "^  \|Warning\|warn(" "$OUT/$name.log" | tail -n "${TAIL:-30}"
 }
 
-part kernels "${KERNELS_LIMIT:-170}" $PYTHON bench/kernels_gpu.py --dtype bf16 --out "$OUT/kernels.jsonl"
-part step "${STEP_LIMIT:-200}" $PYTHON bench/gpu_step.py --steps 10 --warmup 3 --out "$OUT/step.jsonl"
-part engine "${ENGINE_LIMIT:-160}" $PYTHON bench/pretrain_step.py --config configs/pretrain/base_synthetic.yaml \
-    --precision bf16 --procs 1 --steps 30 --skip 5 --loader-batches 10
+PARTS=${PARTS:-kernels overhead step engine compiled}
+for p in $PARTS; do
+  case $p in
+    kernels) part kernels "${KERNELS_LIMIT:-170}" $PYTHON bench/kernels_gpu.py --dtype bf16 --out "$OUT/kernels.jsonl" ;;
+    overhead) part overhead "${OVERHEAD_LIMIT:-90}" $PYTHON bench/attention_overhead.py ;;
+    step) part step "${STEP_LIMIT:-200}" $PYTHON bench/gpu_step.py --variants torch,triton --steps 10 --warmup 3 \
+        --out "$OUT/step.jsonl" ;;
+    engine) part engine "${ENGINE_LIMIT:-300}" $PYTHON bench/pretrain_step.py \
+        --config configs/pretrain/base_synthetic.yaml --precision bf16 --procs 1 --steps 30 --skip 5 --loader-batches 10 ;;
+    compiled) part compiled "${COMPILED_LIMIT:-600}" $PYTHON bench/gpu_step.py --variants torch,torch+compile,triton+compile \
+        --steps 8 --warmup 3 --out "$OUT/step_compiled.jsonl" ;;
+    *) echo "unknown part $p (kernels overhead step engine compiled)"; exit 2 ;;
+  esac
+done

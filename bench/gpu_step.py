@@ -14,7 +14,8 @@ AdamW. This is not the DeepSpeed engine: ``bench/pretrain_step.py`` measures tha
 
 Variants: ``torch`` (every fused op takes the torch reference: SDPA for attention, the plain
 contrastive loss), ``triton`` (the Triton kernels, asked for by name: a configuration they cannot
-run raises), ``+compile`` (``XFM.compile_blocks``: each repeated block through torch.compile). All
+run raises), ``auto`` (the default policy: SDPA attention, fused contrastive loss), each optionally
+``+compile`` (``XFM.compile_blocks``: each repeated block through torch.compile). All
 variants start from the same weights and see the same batches and seeds. Reports the median step
 time over the steps after ``--warmup``, samples/s (all streams), peak CUDA memory, and the first
 steps' losses (dropout masks differ between the torch and Triton attention, so losses agree to
@@ -63,7 +64,9 @@ def run_variant(name: str, cfg, groups, batches, rows: dict, device, steps: int,
     model = XFM(cfg).to(device)
     if "compile" in name:
         model.compile_blocks()
-    backend = "torch" if name.startswith("torch") else "triton"
+    backend = name.split("+")[0]
+    if backend not in ("torch", "triton", "auto"):
+        raise ValueError(f"variant {name!r}: the kernels part must be torch, triton or auto")
     cuda = device.type == "cuda"
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=cuda)
     if cuda:

@@ -36,9 +36,11 @@ def engine_run(config: str, nproc: int, steps: int, skip: int, env: dict, precis
            str(_port()), "-m", "xfm.pretrain.cli", "--config", config, "--out", str(out), "--steps", str(steps),
            "--set", f"engine.precision={precision}", "--set", "logging.every=1", "--set", "checkpoint.every=0",
            "--set", "logging.progress=false"]
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+    # the run's own output goes straight to our stderr: a run cut short (a time limit on a lent
+    # GPU) still shows how far it got
+    proc = subprocess.run(cmd, cwd=REPO, env=env, stdout=sys.stderr, stderr=sys.stderr)
     if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
+        raise RuntimeError(f"{' '.join(cmd)} failed (exit {proc.returncode}); its output is above")
     recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     recs = [r for r in recs if "event" not in r and r["step"] > skip]
     per_stream = {}
@@ -90,10 +92,11 @@ def main(argv=None) -> int:
         env = dict(os.environ, XFM_DATA=str(data), OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"),
                    DS_ACCELERATOR=os.environ.get("DS_ACCELERATOR", "cpu"), TOKENIZERS_PARALLELISM="false")
         rows = loader_run(args.config, args.loader_batches, env)
+        for r in rows:
+            print(json.dumps(r), flush=True)
         for n in [int(x) for x in args.procs.split(",")]:
             rows.append(engine_run(args.config, n, args.steps, args.skip, env, args.precision, work))
-    for r in rows:
-        print(json.dumps(r))
+            print(json.dumps(rows[-1]), flush=True)
     print(f"\n{'measurement':<34}{'samples/s':>12}")
     for r in rows:
         if r["what"] == "loader":

@@ -1,7 +1,12 @@
 """Choose, per op, between the torch reference and the Triton fast path.
 
-Backends: ``auto`` takes Triton when it is installed and the inputs are eligible (CUDA tensors
-of a supported dtype/shape), else the reference; on CPU ``auto`` always means the reference.
+Backends: ``auto`` takes Triton for the ops in ``AUTO_TAKES_TRITON`` when it is installed and the
+inputs are eligible (CUDA tensors of a supported dtype/shape), else the reference; on CPU ``auto``
+always means the reference. Measured on one H200 (BENCHMARKS.md, "GPU"), ``auto`` takes the fused
+contrastive loss (1.6-3.5x faster than the plain loss, 3-80x less memory) but SDPA for attention:
+the fused attention's kernels are faster than SDPA's (0.067 vs 0.091 ms per forward+backward at
+30 tokens) yet each call costs ~0.9 ms of host time against SDPA's 0.2, so an eager training step
+of the base model ran 16% slower with it (and used 13% less memory). ``triton`` still selects it.
 ``triton`` on CPU tensors runs only under ``TRITON_INTERPRET=1`` (set before triton is imported),
 which is how the CPU tests run the Triton code itself. ``torch`` always takes the reference. ``triton``
 takes Triton or raises a clear error saying why it cannot run: never a silent fallback.
@@ -28,6 +33,8 @@ from .selfcheck import KernelSelfCheckWarning
 
 _VALID = ("auto", "torch", "triton")
 _backends = {"attention": "auto", "contrastive": "auto"}
+# which ops ``auto`` sends to Triton on eligible inputs (see the module docstring for why)
+AUTO_TAKES_TRITON = {"attention": False, "contrastive": True}
 
 
 class KernelUnavailableError(RuntimeError):
@@ -86,7 +93,7 @@ def _resolve(op: str, backend: str | None, why_not) -> str | None:
     choice = backend or _backends[op]
     if choice not in _VALID:
         raise ValueError(f"kernels.{op}: backend must be one of {_VALID}, got {choice!r}")
-    if choice == "torch":
+    if choice == "torch" or (choice == "auto" and not AUTO_TAKES_TRITON[op]):
         return None
     reason = "triton is not installed" if not triton_available() else why_not(_interpreter_allowed(choice))
     if reason is None:

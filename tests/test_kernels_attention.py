@@ -267,3 +267,24 @@ def test_attention_dropout_seed_comes_from_torch_rng_and_survives_checkpointing(
     ckpt = torch.autograd.grad(out.square().sum(), xs)
     for a, b in zip(plain, ckpt):
         torch.testing.assert_close(a, b, atol=0, rtol=0)
+
+
+def test_mask_shape_check_agrees_with_torch_broadcasting():
+    """The eligibility check tests mask shapes by hand (host time per call); it must accept exactly
+    the masks that broadcast to (B, H, Lq, Lk) without enlarging it, as torch.broadcast_shapes says."""
+    import itertools
+
+    B, H, Lq, Lk = 2, 3, 4, 5
+    q = torch.randn(B, H, Lq, 8)
+    k = v = torch.randn(B, H, Lk, 8)
+    sizes = {0: (1, 2, 7), 1: (1, 3, 2), 2: (1, 4, 3), 3: (1, 5, 4)}
+    for dims in (2, 3, 4):
+        for shape in itertools.product(*[sizes[4 - dims + i] for i in range(dims)]):
+            try:
+                ok = torch.broadcast_shapes(shape, (B, H, Lq, Lk)) == (B, H, Lq, Lk)
+            except RuntimeError:
+                ok = False
+            reason = attention_triton.ineligible_reason(q, k, v, torch.zeros(shape), 0.0, allow_interpret=True)
+            assert (reason is None) == ok, (shape, reason)
+            if not ok:
+                assert "mask shape" in reason and str(tuple(shape)) in reason

@@ -72,3 +72,28 @@ def test_gpu_bench_code_path_runs_in_the_interpreter():
                                            ("contrastive", "triton"), ("contrastive", "plain")}
     assert len(rows) == 5 * 2 + 2
     assert all(float(r[7]) < 1e-4 for r in rows if r[2] == "triton")
+
+
+def test_gpu_step_bench_code_path_runs_on_cpu(tmp_path):
+    # the lent GPU's minutes must not be lost to a Python error: the whole path on the tiny model
+    out = tmp_path / "step.jsonl"
+    res = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "bench", "gpu_step.py"), "--smoke-cpu", "--variants", "torch,auto,bogus",
+         "--steps", "2", "--warmup", "1", "--dtype", "fp32", "--out", str(out)],
+        capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    recs = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["variant"] for r in recs] == ["torch", "auto", "bogus"]
+    for r in recs[:2]:
+        assert r["steps_measured"] == 1 and r["step_ms"] > 0 and len(r["losses"]) == 2
+    # same weights, batches and seeds: on CPU auto is the reference, so the losses are equal
+    assert recs[0]["losses"] == recs[1]["losses"]
+    assert "must be torch, triton or auto" in recs[2]["error"]  # one bad variant does not stop the rest
+    assert "| torch |" in res.stdout and "| bogus | failed" in res.stdout
+
+
+def test_attention_overhead_bench_exits_clearly_without_cuda():
+    res = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "attention_overhead.py")],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and "no CUDA device" in res.stderr

@@ -100,3 +100,18 @@ def test_triton_on_cpu_without_the_interpreter_is_a_clear_error():
     assert len(lines) == 2
     assert "attention=triton cannot run here" in lines[0] and "TRITON_INTERPRET=1" in lines[0]
     assert "contrastive=triton cannot run here" in lines[1] and "TRITON_INTERPRET=1" in lines[1]
+
+
+def test_auto_on_eligible_inputs_takes_triton_for_the_contrastive_loss_only(monkeypatch):
+    """The measured policy: on a GPU ``auto`` runs the fused contrastive loss but SDPA for
+    attention (host overhead per call, BENCHMARKS.md "GPU"). The interpreter stands in for CUDA."""
+    from xfm.kernels import dispatch, selfcheck
+
+    monkeypatch.setattr(dispatch, "_interpreter_allowed", lambda choice: dispatch.interpret_mode())
+    monkeypatch.setenv(selfcheck.ENV, "0")  # the path alone is under test, not the first-use check
+    assert _path(K.attention(*_attn_inputs(), backend="auto")) == "torch"
+    assert _path(K.contrastive_loss(*_itc_inputs(), backend="auto")) == "triton"
+    assert _path(K.attention(*_attn_inputs(), backend="triton")) == "triton"  # still selectable
+    # control: the policy table is the switch; turned on, auto takes the fused attention too
+    monkeypatch.setitem(dispatch.AUTO_TAKES_TRITON, "attention", True)
+    assert _path(K.attention(*_attn_inputs(), backend="auto")) == "triton"

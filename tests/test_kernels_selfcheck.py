@@ -19,8 +19,10 @@ from xfm.kernels.reference import attention_reference, contrastive_loss_referenc
 
 @pytest.fixture
 def gpu_like(monkeypatch):
-    """``auto`` behaves as on CUDA: Triton path taken, every first use checked."""
+    """``auto`` behaves as on CUDA with every op sent to Triton: Triton path taken, every first use
+    checked (the attention's ``auto`` policy is SDPA on CUDA; the mechanism is tested on it too)."""
     monkeypatch.setenv(selfcheck.ENV, "1")
+    monkeypatch.setitem(dispatch.AUTO_TAKES_TRITON, "attention", True)
     monkeypatch.setattr(dispatch, "_interpreter_allowed", lambda choice: dispatch.interpret_mode())
     selfcheck.clear()
     yield
