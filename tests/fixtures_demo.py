@@ -5,6 +5,9 @@
   ZeRO-3 rank with configs/pretrain/demo.yaml (300 steps), its export and zero-shot retrieval.
   About 4 minutes on 2 cores. The shortened demo (test_demo.py) runs the fine-tuning stages on
   top of it; test_finetune_from_demo_pretraining.py fine-tunes from its export.
+- `demo_world` (session): the DATA directory whose `world/` is that demo world
+  (`prepare_world(seed=0, size="demo")`: pictures, shards, tokenizer; ~30 s), for a test that
+  pretrains on it its own way without the pair-stream run above; `demo_pretraining` runs on it.
 """
 from __future__ import annotations
 
@@ -43,11 +46,21 @@ def demo_run_cmd(demo: DemoPretraining, *args: str) -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def demo_pretraining(tmp_path_factory) -> DemoPretraining:
+def demo_world(tmp_path_factory) -> Path:
+    from xfm.data_prep.synth import prepare_world
+
+    data = tmp_path_factory.mktemp("demo_world")
+    prepare_world(data / "world", seed=0, size="demo")   # what scripts/demo_run.py's first stage makes
+    return data
+
+
+@pytest.fixture(scope="session")
+def demo_pretraining(demo_world, tmp_path_factory) -> DemoPretraining:
     from fixtures_pretrain import tail  # imported here: pytest registers fixtures_pretrain after this module
 
     root = tmp_path_factory.mktemp("demo_pretraining")
-    demo = DemoPretraining(data=root / "data", runs=root / "runs")
+    # the demo run reuses the finished world (its first stage only checks it)
+    demo = DemoPretraining(data=demo_world, runs=root / "runs")
     # the environment as the test session has it (fixtures_pretrain points TORCH_EXTENSIONS_DIR
     # at the venv, where DeepSpeed's CPU op is already built)
     proc = subprocess.run(demo_run_cmd(demo, "--tasks", "", "--no-plots"), cwd=REPO, capture_output=True,
