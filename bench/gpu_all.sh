@@ -2,7 +2,7 @@
 # Every GPU figure BENCHMARKS.md records, in one run, part by part (PARTS picks some):
 #   kernels   bench/kernels_gpu.py         Triton attention and contrastive kernels vs torch (SDPA); ~30 s
 #   overhead  bench/attention_overhead.py  host vs device time of one small attention call; ~20 s
-#   step      bench/gpu_step.py            base-model training step, torch vs Triton kernels; ~70 s
+#   step      bench/gpu_step.py            base-model training step, torch vs auto vs Triton kernels; ~100 s
 #   engine    bench/pretrain_step.py       the DeepSpeed ZeRO-3 engine, one GPU, bf16, the base model on
 #                                          the synthetic world (configs/pretrain/base_synthetic.yaml),
 #                                          loader included; not yet seen to finish on an H200 in 150 s
@@ -46,7 +46,7 @@ for p in $PARTS; do
   case $p in
     kernels) part kernels "${KERNELS_LIMIT:-170}" $PYTHON bench/kernels_gpu.py --dtype bf16 --out "$OUT/kernels.jsonl" ;;
     overhead) part overhead "${OVERHEAD_LIMIT:-90}" $PYTHON bench/attention_overhead.py ;;
-    step) part step "${STEP_LIMIT:-200}" $PYTHON bench/gpu_step.py --variants torch,triton --steps 10 --warmup 3 \
+    step) part step "${STEP_LIMIT:-200}" $PYTHON bench/gpu_step.py --variants torch,auto,triton --steps 10 --warmup 3 \
         --out "$OUT/step.jsonl" ;;
     engine) part engine "${ENGINE_LIMIT:-300}" $PYTHON bench/pretrain_step.py \
         --config configs/pretrain/base_synthetic.yaml --precision bf16 --procs 1 --steps 30 --skip 5 --loader-batches 10 ;;
