@@ -55,12 +55,12 @@ setup(
         "tqdm",
         "pillow",
         "numpy",
-        "pycocoevalcap",
-        "matplotlib",  # the demo's loss curves and retrieval examples  # BLEU / CIDEr-D scorers for captioning (pure Python ones; no Java needed)
+        "pycocoevalcap",  # BLEU / CIDEr-D scorers for captioning (pure Python ones; no Java needed)
+        "matplotlib",  # the demo's loss curves and retrieval examples
     ],
     extras_require={
-        # the kernels ran and passed their self-check on an H200 with Triton 3.6 (torch 2.11's pin);
-        # CUDA builds of torch bring their own Triton, so this extra is for CPU-only installs
+        # the lowest version measured: the kernels ran and passed their self-check on an H200 with
+        # Triton 3.6 (torch 2.11's pin; CUDA builds of torch bring their own Triton)
         "triton": ["triton>=3.6"],
         # the CPU tests run the kernels in Triton's interpreter, whose behaviour they were written on
         "test": ["pytest", "pytest-timeout", "triton>=3.8"],
