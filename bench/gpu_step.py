@@ -46,7 +46,7 @@ def make_batch(stream: str, cfg, rows: int, length: int, seed: int) -> dict:
 
     if stream == "pairs":
         return fm.make_pairs_batch(cfg, batch_size=rows, length=length, seed=seed)
-    if stream == "regions":  # two region captions per picture, as the world's region shards average
+    if stream == "regions":  # two region captions per picture: a choice; real corpora vary
         return fm.make_regions_batch(cfg, num_images=max(1, rows // 2), num_regions=rows, length=length, seed=seed)
     if stream == "images":
         return fm.make_images_batch(cfg, batch_size=rows, seed=seed)
@@ -60,13 +60,13 @@ def run_variant(name: str, cfg, groups, batches, rows: dict, device, steps: int,
     from xfm.objectives import STREAM_LOSSES, LossContext
     from xfm.runtime.process import to_device
 
+    backend = name.split("+")[0]
+    if backend not in ("torch", "triton", "auto"):
+        raise ValueError(f"variant {name!r}: the kernels part must be torch, triton or auto")
     torch.manual_seed(0)
     model = XFM(cfg).to(device)
     if "compile" in name:
         model.compile_blocks()
-    backend = name.split("+")[0]
-    if backend not in ("torch", "triton", "auto"):
-        raise ValueError(f"variant {name!r}: the kernels part must be torch, triton or auto")
     cuda = device.type == "cuda"
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=cuda)
     if cuda:
