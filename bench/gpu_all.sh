@@ -6,6 +6,7 @@
 #   engine    bench/pretrain_step.py       the DeepSpeed ZeRO-3 engine, one GPU, bf16, the base model on
 #                                          the synthetic world (configs/pretrain/base_synthetic.yaml),
 #                                          loader included; not yet seen to finish on an H200 in 150 s
+#   pipeline  bench/pipeline_speed.py      xfm.Pipeline inference of the base model on the GPU (not yet run there)
 #   compiled  bench/gpu_step.py            the same step with the blocks compiled; compiling the base
 #                                          model took more than 150 s on an H200
 # Each part has its own time limit, so a part that hangs or fails leaves the others' figures.
@@ -41,7 +42,7 @@ part() {  # part NAME SECONDS CMD...: run with a limit, keep its log, show its e
   grep -v "^  \|Warning\|warn(" "$OUT/$name.log" | tail -n "${TAIL:-30}"
 }
 
-PARTS=${PARTS:-kernels overhead step engine compiled}
+PARTS=${PARTS:-kernels overhead step engine pipeline compiled}
 for p in $PARTS; do
   case $p in
     kernels) part kernels "${KERNELS_LIMIT:-170}" $PYTHON bench/kernels_gpu.py --dtype bf16 --out "$OUT/kernels.jsonl" ;;
@@ -50,8 +51,10 @@ for p in $PARTS; do
         --out "$OUT/step.jsonl" ;;
     engine) part engine "${ENGINE_LIMIT:-300}" $PYTHON bench/pretrain_step.py \
         --config configs/pretrain/base_synthetic.yaml --precision bf16 --procs 1 --steps 30 --skip 5 --loader-batches 10 ;;
+    pipeline) part pipeline "${PIPELINE_LIMIT:-120}" $PYTHON bench/pipeline_speed.py --size base --device cuda \
+        --batch-size 96 --out "$OUT/pipeline.jsonl" ;;
     compiled) part compiled "${COMPILED_LIMIT:-600}" $PYTHON bench/gpu_step.py --variants torch,torch+compile,triton+compile \
         --steps 8 --warmup 3 --out "$OUT/step_compiled.jsonl" ;;
-    *) echo "unknown part $p (kernels overhead step engine compiled)"; exit 2 ;;
+    *) echo "unknown part $p (kernels overhead step engine pipeline compiled)"; exit 2 ;;
   esac
 done

@@ -97,3 +97,15 @@ def test_attention_overhead_bench_exits_clearly_without_cuda():
     res = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "attention_overhead.py")],
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and "no CUDA device" in res.stderr
+
+
+def test_pipeline_speed_bench_runs_every_measurement_on_cpu(tmp_path):
+    out = tmp_path / "pipe.jsonl"
+    res = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "pipeline_speed.py"), "--size", "tiny",
+                          "--repeats", "1", "--out", str(out)],
+                         capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert res.returncode == 0, res.stderr[-2000:]
+    recs = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["what"] for r in recs] == ["embed_images", "embed_texts", "match", "retrieve_rerank16"]
+    assert all(r["items_per_s"] > 0 and r["device"] == "cpu" for r in recs)
+    assert recs[0]["items"] == 96 and recs[1]["items"] == 192 and recs[3]["gallery"] == 96
