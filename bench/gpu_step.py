@@ -134,9 +134,10 @@ def main(argv=None) -> int:
     groups = [g.split(",") for g in args.groups.split("|")]
     streams = [s for g in groups for s in g]
     rows = {s: max(2, RECIPE[s][0] // scale) for s in streams}
-    batches = [{s: make_batch(s, cfg, rows[s], min(RECIPE[s][1], cfg.text.max_position_embeddings - 2)
-                              if RECIPE[s][1] else 0, seed=1000 * i + j)
-                for j, s in enumerate(streams)} for i in range(args.batches)]
+    # text lengths as the recipe's, within the model's positions (the images stream has none: 0)
+    lengths = {s: min(RECIPE[s][1], cfg.text.max_position_embeddings - 2) for s in streams}
+    batches = [{s: make_batch(s, cfg, rows[s], lengths[s], seed=1000 * i + j) for j, s in enumerate(streams)}
+               for i in range(args.batches)]
     print(f"gpu_step: {cfg.size} model, {'cpu' if args.smoke_cpu else torch.cuda.get_device_name()}, "
           f"torch {torch.__version__}, groups {groups}, rows {rows}", flush=True)
     recs = []

@@ -73,8 +73,8 @@ def main(argv=None) -> int:
         pipe = Pipeline.from_pretrained(Path(tmp) / "model", tokenizer=world / "tokenizer", device=args.device,
                                         batch_size=args.batch_size)
         pictures = sorted((world / "images").glob("*.jpg"))
-        captions = [c for row in json.loads((world / "retrieval" / "train.json").read_text())
-                    for c in ([row["caption"]] if isinstance(row["caption"], str) else row["caption"])]
+        # the retrieval training file: one {image, caption, image_id} row per caption
+        captions = [row["caption"] for row in json.loads((world / "retrieval" / "train.json").read_text())]
         n = min(len(pictures), len(captions))
         measures = {
             "embed_images": (len(pictures), lambda: pipe.embed_images(pictures)),

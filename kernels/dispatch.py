@@ -6,7 +6,7 @@ always means the reference. Measured on one H200 (BENCHMARKS.md, "GPU"), ``auto`
 contrastive loss (1.6-3.5x faster than the plain loss, 3-80x less memory) but SDPA for attention:
 the fused attention's kernels are faster than SDPA's (0.067 vs 0.091 ms per forward+backward at
 30 tokens) yet each call costs ~0.9 ms of host time against SDPA's 0.2, so an eager training step
-of the base model ran 16% slower with it (and used 13% less memory). ``triton`` still selects it.
+of the base model took 20% longer with it (and used 13% less memory). ``triton`` still selects it.
 ``triton`` on CPU tensors runs only under ``TRITON_INTERPRET=1`` (set before triton is imported),
 which is how the CPU tests run the Triton code itself. ``torch`` always takes the reference. ``triton``
 takes Triton or raises a clear error saying why it cannot run: never a silent fallback.
