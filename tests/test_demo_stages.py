@@ -48,3 +48,58 @@ def test_a_world_from_an_earlier_generator_is_refused_by_name(tmp_path):
         demo_run.main(["--data", str(tmp_path / "data"), "--runs", str(tmp_path / "runs")])
     assert sorted(p.name for p in world.iterdir()) == ["world.json"]  # nothing made or run
     assert not (tmp_path / "runs" / "pretrain").exists()
+
+
+def test_finetuning_tasks_run_side_by_side_sharing_the_cores(tmp_path, monkeypatch, capsys):
+    """--finetune-jobs 2: two tasks at a time, each with half the cores, the longest first; a
+    failing task is reported and the others still finish; the table keeps the task order."""
+    import json
+    import os
+    import threading
+    import time
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    monkeypatch.setattr(demo_run, "stage_world", lambda data, size: data / "world")
+    monkeypatch.setattr(demo_run, "stage_pretrain", lambda world, run_dir, *a: run_dir / "export")
+    monkeypatch.setattr(demo_run, "stage_zeroshot", lambda *a: ({}, None))
+    seen = {}
+
+    def fake_collect(zeroshot, finetuned, *a):
+        seen["order"] = list(finetuned)
+        return {t: {"value": 0.5, "chance": 0.25} for t in finetuned}
+
+    monkeypatch.setattr(demo_run, "collect", fake_collect)
+    lock, live, started = threading.Lock(), [0, 0], []
+
+    def fake_run(cmd, env, logfile=None):
+        task, out = cmd[cmd.index("--task") + 1], Path(cmd[cmd.index("--out") + 1])
+        with lock:
+            started.append((task, env["OMP_NUM_THREADS"]))
+            live[0] += 1
+            live[1] = max(live)
+        time.sleep(0.3)
+        with lock:
+            live[0] -= 1
+        if task == "vqa":
+            raise demo_run.StageFailed("vqa broke")
+        (out / "eval.json").write_text(json.dumps({"split": "test", "metrics": {"acc": 0.5}}))
+
+    monkeypatch.setattr(demo_run, "run", fake_run)
+    tasks = "vqa,nlvr2,image_cls,glue"
+    rc = demo_run.main(["--data", str(tmp_path / "data"), "--runs", str(tmp_path / "runs"), "--tasks", tasks,
+                        "--finetune-jobs", "2", "--no-plots"])
+    assert rc == 1 and "vqa: FAILED: vqa broke" in capsys.readouterr().out
+    assert live[1] == 2                                   # two at a time, never more
+    assert started[0][0] == "nlvr2"                        # the longest task first
+    assert {threads for _, threads in started} == {"2"}    # 4 cores / 2 jobs
+    assert seen["order"] == ["nlvr2", "image_cls", "glue"]  # the given order, the failed task left out
+    timings = json.loads((tmp_path / "data" / "demo" / "timings.json").read_text())
+    assert timings["failed_tasks"] == ["vqa"]
+
+
+def test_finetune_jobs_below_one_is_refused_before_any_stage(tmp_path):
+    with pytest.raises(SystemExit) as e:
+        demo_run.main(["--data", str(tmp_path / "data"), "--runs", str(tmp_path / "runs"), "--finetune-jobs", "0"])
+    assert "--finetune-jobs must be >= 1" in str(e.value.code)
+    assert not (tmp_path / "data" / "world").exists()
