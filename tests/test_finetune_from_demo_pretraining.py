@@ -5,7 +5,7 @@ fine-tuning from random weights: the two tasks the `ci` world's tiny model canno
 The demo world (1000 training pictures, 465 test phrases, 200 validation pictures in 5 shape
 classes), the demo's pretraining as `make demo` runs it (`scripts/demo_run.py`:
 configs/pretrain/demo.yaml, the demo model with its position table, one ZeRO-3 rank, the pair
-stream, lr 5e-4, 300 steps; the session's `demo_pretraining`, which the shortened demo in
+stream, lr 5e-4 with the fusion encoder and the heads at 4x, 300 steps; the session's `demo_pretraining`, which the shortened demo in
 test_demo.py shares), then each task from three starts with the same data order and seed:
 
 - ``export``: the pretraining's `xfm-export` directory;
