@@ -36,7 +36,7 @@ import pytest
 from fixtures_demo import demo_run_cmd
 from fixtures_pretrain import tail
 
-pytestmark = pytest.mark.long  # minutes on 2 cores: `make test-long`
+pytestmark = [pytest.mark.long, pytest.mark.timeout(3600)]  # minutes on 2 cores: `make test-long`
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "scripts"))
@@ -55,7 +55,7 @@ RETRIEVAL = {"finetuned_retrieval_t2i_plain_r1", "finetuned_retrieval_t2i_consis
 def _run_demo(demo_pretraining) -> subprocess.CompletedProcess:
     args = [a for cut in FINETUNE_CUTS for a in ("--finetune-set", cut)]
     return subprocess.run(demo_run_cmd(demo_pretraining, *args), cwd=REPO, capture_output=True, text=True,
-                          timeout=1800)
+                          timeout=3000)
 
 
 @pytest.fixture(scope="module")
