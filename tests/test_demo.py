@@ -13,7 +13,7 @@ to 100, fine-tuned retrieval's text->image R@1 was 0.013 against a chance of 0.0
 captions, which a test cannot tell from luck. NLVR2 keeps the demo's 3000 steps: its loss
 leaves ln 2 only after ~1500 (every sentence of the world's NLVR2 set comes with a pair of
 pictures it is true of and one it is false of, so only the pictures decide). Like every metric
-it must beat its chance level, and no more: the demo's NLVR2 measured 0.535-0.610 in six runs
+it must beat its chance level, and no more: the demo's NLVR2 measured 0.535-0.610 in seven runs
 (3000-5000 steps), while two standard errors on its 400 test rows are 0.550, so one run cannot
 be held to that. What the check catches is the failure seen before the demo's fusion encoder
 learnt at 4x lr: a head that settles on one answer scores exactly 0.500 on this balanced set.
