@@ -253,6 +253,33 @@ def test_posterize_at_full_magnitude_gives_the_zero_bit_image(tmp_path):
     assert np.asarray(op(img)).max() == 192
 
 
+def test_rot90_and_vflip_give_the_picture_in_its_eight_orientations_and_off_by_default():
+    """task.rot90 + task.vflip: every training picture comes out as one of its 8 rotations /
+    reflections (all 8 seen over a few draws); the default recipe never rotates or turns it over."""
+    import random
+
+    pixels = np.zeros((32, 32, 3), np.uint8)
+    pixels[2:10, 3:6] = 255          # an L in one corner: each orientation differs from the others
+    pixels[7:10, 3:14] = 255
+    img = Image.fromarray(pixels)
+    plain = torch.from_numpy(pixels).permute(2, 0, 1).float()
+    orientations = [torch.rot90(p, k, dims=(1, 2)) for p in (plain, plain.flip(2)) for k in range(4)]
+
+    def orientation_of(transform):
+        out = transform(img)[0]      # normalised channel 0; bright where the L is
+        return next(i for i, o in enumerate(orientations) if torch.equal(out > out.mean(), o[0] > 0))
+
+    def seen(task):
+        transform = task.train_transform()
+        random.seed(0)
+        return {orientation_of(transform) for _ in range(80)}
+
+    common = dict(classes=["a", "b"], crop_scale=(1.0, 1.0), auto_augment=None, reprob=0.0, mixup=0.0, cutmix=0.0)
+    assert seen(make_task("image_cls", "unused", rot90=True, vflip=0.5, **common)) == set(range(8))
+    assert seen(make_task("image_cls", "unused", hflip=0.0, **common)) == {0}
+    assert seen(make_task("image_cls", "unused", **common)) == {0, 4}   # the default: horizontal flips only
+
+
 def test_image_cls_from_official_and_probe_from_timm_build(tmp_path, beit_state_dict_file):
     """The other two start points of the tasks, without a run: the load report names the new
     head, and a training step goes through the loaded encoder."""

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
@@ -68,6 +69,10 @@ class ImageClsConfig(ImageFoldersConfig):
     # train transform (timm create_transform)
     crop_scale: tuple[float, float] = (0.08, 1.0)
     hflip: float = 0.5
+    vflip: float = 0.0
+    # a random multiple of 90 degrees before everything else: for pictures whose class does not
+    # depend on their orientation (drawn shapes, aerial or microscope pictures), never ImageNet
+    rot90: bool = False
     auto_augment: Optional[str] = "rand-m9-mstd0.5-inc1"  # timm policy string; None: off
     reprob: float = 0.25
     remode: Literal["const", "rand", "pixel"] = "pixel"
@@ -156,6 +161,20 @@ def with_zero_bit_posterize(transform):
             if "Posterize" in getattr(op, "name", ""):
                 op.aug_fn = posterize_any_bits
     return transform
+
+
+class RandomRot90:
+    """Rotate a PIL picture by 0, 90, 180 or 270 degrees, drawn from ``random`` like timm's own
+    train transforms (so the loader's per-example seeding covers it)."""
+
+    TURNS = (None, Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_180, Image.Transpose.ROTATE_270)
+
+    def __call__(self, img):
+        turn = self.TURNS[random.randrange(4)]
+        return img if turn is None else img.transpose(turn)
+
+    def __repr__(self):
+        return f"{type(self).__name__}()"
 
 
 def eval_image_transform(cfg: ImageFoldersConfig, size: int):
@@ -252,10 +271,13 @@ class ImageClsTask(Task):
         from timm.data import create_transform
 
         c = self.task_cfg
-        return with_zero_bit_posterize(create_transform(
-            self.image_size, is_training=True, scale=tuple(c.crop_scale), hflip=c.hflip, auto_augment=c.auto_augment,
-            interpolation="bicubic", re_prob=c.reprob, re_mode=c.remode, re_count=c.recount, mean=tuple(c.mean),
-            std=tuple(c.std)))
+        transform = with_zero_bit_posterize(create_transform(
+            self.image_size, is_training=True, scale=tuple(c.crop_scale), hflip=c.hflip, vflip=c.vflip,
+            auto_augment=c.auto_augment, interpolation="bicubic", re_prob=c.reprob, re_mode=c.remode,
+            re_count=c.recount, mean=tuple(c.mean), std=tuple(c.std)))
+        if c.rot90:
+            transform.transforms.insert(0, RandomRot90())
+        return transform
 
     def dataset(self, split, train):
         folder = read_split(self.task_cfg, split, self.classes)
