@@ -362,14 +362,17 @@ def dropout_keep_mask(shape, dropout_p: float, seed: int, device="cpu") -> torch
     return keep.bool()
 
 
-def triton_attention(q, k, v, mask=None, scale=None, dropout_p: float = 0.0, seed: int | None = None):
+def triton_attention(q, k, v, mask=None, scale=None, dropout_p: float = 0.0, seed: int | None = None,
+                     checked: bool = False):
     """Fused dropout(softmax(q k^T * scale + mask)) v; same contract as
     ``reference.attention_reference``. ``seed`` fixes the dropout mask (see
-    ``dropout_keep_mask``); by default it is drawn from torch's CPU generator. Call
-    ``ineligible_reason`` first (the dispatcher does)."""
-    reason = ineligible_reason(q, k, v, mask, dropout_p, allow_interpret=True)
-    if reason is not None:
-        raise ValueError(f"triton_attention: {reason}")
+    ``dropout_keep_mask``); by default it is drawn from torch's CPU generator. The inputs are
+    validated with ``ineligible_reason`` unless ``checked`` says the caller already did (the
+    dispatcher, whose per-call host time is what the fused attention loses to SDPA on a GPU)."""
+    if not checked:
+        reason = ineligible_reason(q, k, v, mask, dropout_p, allow_interpret=True)
+        if reason is not None:
+            raise ValueError(f"triton_attention: {reason}")
     if scale is None:
         scale = 1.0 / math.sqrt(q.shape[-1])
     if mask is not None:

@@ -134,7 +134,8 @@ def attention(q, k, v, mask=None, *, dropout_p: float = 0.0, scale: float | None
     if choice and _passes_selfcheck("attention", choice, q.device,
                                     lambda: selfcheck.check_attention(q, k, v, mask, dropout_p)):
         from . import attention_triton  # looked up per call, as the check does
-        return attention_triton.triton_attention(q, k, v, mask, scale=scale, dropout_p=dropout_p)
+        # `_resolve` has run `ineligible_reason` on these inputs: not again
+        return attention_triton.triton_attention(q, k, v, mask, scale=scale, dropout_p=dropout_p, checked=True)
     return attention_reference(q, k, v, mask, dropout_p=dropout_p, scale=scale)
 
 

@@ -154,6 +154,27 @@ def test_attention_ineligible_reasons():
     assert reason(q, k, v, mask, 0.0, allow_interpret=True) is None
 
 
+def test_inputs_are_validated_once_per_call(monkeypatch):
+    """The dispatcher validates (to choose the path) and tells the kernel so: one
+    ``ineligible_reason`` per call through ``K.attention``, while a direct call still validates
+    and rejects bad input with the reason."""
+    q, k, v, mask = [t.float() for t in _inputs(1, 1, 4, 4, 16, "bias")]
+    real, seen = attention_triton.ineligible_reason, []
+
+    def counting(*args, **kwargs):
+        seen.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(attention_triton, "ineligible_reason", counting)
+    monkeypatch.setenv("XFM_KERNEL_SELFCHECK", "0")
+    assert _fused(K.attention(q.requires_grad_(), k, v, mask, backend="triton"))
+    assert len(seen) == 1
+    attention_triton.triton_attention(q, k, v, mask)
+    assert len(seen) == 2
+    with pytest.raises(ValueError, match="triton_attention: shapes do not match"):
+        attention_triton.triton_attention(q, k[..., :8], v)
+
+
 def _padding_fraction(cfg, Lq, Lk):
     padded_q = -(-Lq // cfg["BLOCK_M"]) * cfg["BLOCK_M"]
     padded_k = -(-Lk // cfg["BLOCK_N"]) * cfg["BLOCK_N"]

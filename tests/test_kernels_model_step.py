@@ -44,12 +44,12 @@ def _count_calls(monkeypatch, fake: bool):
     calls = {"attention": 0, "contrastive": 0, "dropout_p": set()}
     real_attention, real_contrastive = attention_triton.triton_attention, contrastive_triton.triton_contrastive_loss
 
-    def counting_attention(q, k, v, mask=None, scale=None, dropout_p=0.0):
+    def counting_attention(q, k, v, mask=None, scale=None, dropout_p=0.0, checked=False):
         calls["attention"] += 1
         calls["dropout_p"].add(dropout_p)
         if fake:
             return reference.attention_reference(q, k, v, mask, scale=scale, dropout_p=dropout_p)
-        return real_attention(q, k, v, mask, scale=scale, dropout_p=dropout_p)
+        return real_attention(q, k, v, mask, scale=scale, dropout_p=dropout_p, checked=checked)
 
     def counting_contrastive(*args):
         calls["contrastive"] += 1
