@@ -5,8 +5,9 @@ fine-tuning from random weights: the two tasks the `ci` world's tiny model canno
 The demo world (1000 training pictures, 465 test phrases, 200 validation pictures in 5 shape
 classes), the demo's pretraining as `make demo` runs it (`scripts/demo_run.py`:
 configs/pretrain/demo.yaml, the demo model with its position table, one ZeRO-3 rank, the pair
-stream, lr 5e-4 with the fusion encoder and the heads at 4x, 300 steps; the session's `demo_pretraining`, which the shortened demo in
-test_demo.py shares), then each task from three starts with the same data order and seed:
+stream, lr 5e-4 with the fusion encoder and the heads at 4x, 300 steps; the session's
+`demo_pretraining`, which the shortened demo in test_demo.py shares), then each task from three
+starts with the same data order and seed:
 
 - ``export``: the pretraining's `xfm-export` directory;
 - ``official``: the same weights written as an official-layout `.th`, loaded through the
@@ -58,7 +59,8 @@ INITS = ("export", "official", "random")
 # (the demo recipe has the head at 10x since).
 TASKS = {
     "grounding": ([], "acc", "test", {500, 1000, 1500}, 0.08),
-    "image_cls": (["train.max_steps=500", "train.eval_every=250", "optim.head_lr_mult=1"], "top1", "val", {250, 500}, 6.0),
+    "image_cls": (["train.max_steps=500", "train.eval_every=250", "optim.head_lr_mult=1"],
+                  "top1", "val", {250, 500}, 6.0),
 }
 
 

@@ -9,9 +9,10 @@ measured (`scripts/demo_run.py --steps 800 --pretrain-set optim.lr_mult=2 --pret
 now reaches NLVR2 from 300 steps with its fusion encoder at 4x, but by a thin margin (0.535-0.61
 in seven runs of 3000-5000 steps), too thin for this test's one run. After 300 steps at 1x
 the fusion encoder's token 0 has no part that depends on the (picture, sentence) pair and sits
-on a large constant offset, and NLVR2 stays at 0.5 from every start; by step 800 the pretraining's ITM loss has left its prior (0.637 -> 0.55) and
-`bench/fusion_matching.py` shows ITM picking a caption's picture among 32 (R@1 0.66). BENCHMARKS.md,
-"NLVR2: the fusion token 0 sits on a constant offset ...", has the figures.
+on a large constant offset, and NLVR2 stays at 0.5 from every start; by step 800 the
+pretraining's ITM loss has left its prior (0.637 -> 0.55) and `bench/fusion_matching.py` shows
+ITM picking a caption's picture among 32 (R@1 0.66). BENCHMARKS.md, "NLVR2: the fusion token 0
+sits on a constant offset ...", has the figures.
 
 Three starts, same data order and seed: the pretraining's export, the same weights as an
 official-layout `.th` (must land exactly where the export does), and a randomly initialised demo
