@@ -115,6 +115,14 @@ class ModelConfig:
     temp_init: float = 0.07
     temp_min: float = 0.001
     temp_max: float = 0.5
+    # std of the random init of every Linear, Embedding and patch-embedding weight in the three
+    # encoders and the heads (trunc-normal in the vision encoder, normal elsewhere). 0.02 is
+    # BEiT's and BERT's, set for width 768, where a Linear's output is ~0.55x its input; at width
+    # 128 the same 0.02 gives ~0.23x per Linear, the layers start as near-identities and training
+    # from scratch sits on a plateau for hundreds of steps. 0.02 * sqrt(768 / width) keeps the
+    # per-Linear gain of the base model (configs/model/demo.yaml, BENCHMARKS.md). Pretrained
+    # weights are loaded over the init, so this matters only when training from random weights.
+    init_std: float = 0.02
     # technique 1: detach language states before the fusion encoder (pretraining only)
     stop_text_grad: bool = True
     # technique 2: masked image modelling guided by VL training
@@ -131,6 +139,8 @@ class ModelConfig:
     norm_impl: Literal["torch", "apex"] = "torch"
 
     def __post_init__(self):
+        if not self.init_std > 0:
+            raise ValueError(f"model.init_std must be > 0, got {self.init_std!r}")
         if self.norm_impl not in ("torch", "apex"):
             raise ValueError(f"model.norm_impl must be 'torch' or 'apex', got {self.norm_impl!r}")
 

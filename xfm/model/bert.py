@@ -128,7 +128,8 @@ class BertStack(nn.Module):
 
 
 def init_bert_weights(module: nn.Module, std: float = 0.02) -> None:
-    """HF BERT/RoBERTa init: N(0, 0.02) weights, zero biases, unit LayerNorm, zero padding row."""
+    """HF BERT/RoBERTa init: N(0, std) weights (0.02: ``initializer_range``), zero biases, unit
+    LayerNorm, zero padding row."""
     for m in module.modules():
         if isinstance(m, nn.Linear):
             nn.init.normal_(m.weight, std=std)

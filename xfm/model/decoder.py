@@ -53,6 +53,7 @@ class DecoderConfig:
     layer_norm_eps: float = 1e-5
     hidden_dropout: float = 0.1
     attention_dropout: float = 0.1
+    init_std: float = 0.02  # the model's init_std: what the parts not copied from it start from
 
     def __post_init__(self):
         if self.hidden_size % self.num_heads:
@@ -79,7 +80,7 @@ class DecoderConfig:
                    type_vocab_size=t.type_vocab_size, pad_token_id=t.pad_token_id,
                    position_style=t.position_style, layer_norm_eps=t.layer_norm_eps,
                    hidden_dropout=cfg.fusion.hidden_dropout,
-                   attention_dropout=cfg.fusion.attention_dropout)
+                   attention_dropout=cfg.fusion.attention_dropout, init_std=cfg.init_std)
 
 
 @dataclass
@@ -245,9 +246,10 @@ class TextDecoder(nn.Module):
         self.lm_head.decoder.weight = self.embeddings.word_embeddings.weight
 
     def init_weights(self) -> None:
-        """BERT init (N(0, 0.02), zero biases, unit LayerNorm, zero padding rows), zero LM bias."""
+        """BERT init (N(0, ``init_std``), zero biases, unit LayerNorm, zero padding rows), zero LM
+        bias."""
         self.tie_weights()
-        init_bert_weights(self)
+        init_bert_weights(self, self.config.init_std)
         nn.init.zeros_(self.lm_head.bias)
 
     @classmethod
@@ -267,7 +269,7 @@ class TextDecoder(nn.Module):
           (the positions and LayerNorm trained for the same tokenizer);
         - ``cross_width`` (default: the fusion's cross-attention input width, the vision width):
           the width of the states the decoder will attend to. When it differs, the
-          cross-attention key/value projections start fresh (N(0, 0.02)), as in the official code.
+          cross-attention key/value projections start fresh (N(0, ``init_std``)), as in the official code.
 
         Call it before any DeepSpeed ZeRO-3 wrapping (it reads the model's full parameters).
         ``decoder.init_notes`` says where each part came from.

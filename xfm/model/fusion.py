@@ -18,8 +18,9 @@ from .masks import CROSS_MASK_VALUE, TEXT_MASK_VALUE, additive_key_mask
 
 class FusionEncoder(nn.Module):
     def __init__(self, cfg: FusionConfig, text: TextConfig, vision_width: int, backend: str | None = None,
-                 norm_impl: str = "torch"):
+                 norm_impl: str = "torch", init_std: float = 0.02):
         super().__init__()
+        self.init_std = init_std
         if text.hidden_size % cfg.num_heads:
             raise ValueError(f"fusion.num_heads {cfg.num_heads} does not divide the text width {text.hidden_size}")
         self.encoder = BertStack([
@@ -39,4 +40,4 @@ class FusionEncoder(nn.Module):
                             None if image_mask is None else additive_key_mask(image_mask, dtype, CROSS_MASK_VALUE))
 
     def init_weights(self) -> None:
-        init_bert_weights(self)
+        init_bert_weights(self, self.init_std)

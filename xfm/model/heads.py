@@ -78,13 +78,15 @@ class Heads(nn.Module):
         eps = cfg.text.layer_norm_eps
         self.text_mlm = LMHead(dt, cfg.text.vocab_size, eps, tied_weight=tied_word_embeddings)
         self.fusion_mlm = LMHead(dt, cfg.text.vocab_size, eps)
+        self.init_std = cfg.init_std
 
     def init_weights(self) -> None:
-        """N(0, 0.02) like the BERT-style parts; the tied text decoder is left to the embeddings."""
+        """N(0, ``init_std``) like the BERT-style parts; the tied text decoder is left to the
+        embeddings."""
         tied = self.text_mlm.decoder.weight
         for m in self.modules():
             if isinstance(m, nn.Linear) and m.weight is not tied:
-                nn.init.normal_(m.weight, std=0.02)
+                nn.init.normal_(m.weight, std=self.init_std)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
             elif isinstance(m, nn.LayerNorm):

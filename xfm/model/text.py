@@ -57,9 +57,11 @@ class TextEmbeddings(nn.Module):
 class TextEncoder(nn.Module):
     """ids (B,L), mask (B,L) 1 = real token -> last hidden state (B,L,Dt)."""
 
-    def __init__(self, cfg: TextConfig, backend: str | None = None, norm_impl: str = "torch"):
+    def __init__(self, cfg: TextConfig, backend: str | None = None, norm_impl: str = "torch",
+                 init_std: float = 0.02):
         super().__init__()
         self.config = cfg
+        self.init_std = init_std
         self.embeddings = TextEmbeddings(cfg, norm_impl)
         self.encoder = BertStack([
             BertLayer(cfg.hidden_size, cfg.num_heads, cfg.intermediate_size, cfg.layer_norm_eps,
@@ -74,4 +76,4 @@ class TextEncoder(nn.Module):
         return self.encoder(x, additive_key_mask(mask, x.dtype, TEXT_MASK_VALUE))
 
     def init_weights(self) -> None:
-        init_bert_weights(self)
+        init_bert_weights(self, self.init_std)

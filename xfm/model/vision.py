@@ -108,8 +108,10 @@ def _with_pooled(patches: torch.Tensor, box: torch.Tensor | None = None) -> torc
 
 
 class VisionEncoder(nn.Module):
-    def __init__(self, cfg: VisionConfig, backend: str | None = None, norm_impl: str = "torch"):
+    def __init__(self, cfg: VisionConfig, backend: str | None = None, norm_impl: str = "torch",
+                 init_std: float = 0.02):
         super().__init__()
+        self.init_std = init_std
         if not 0 <= cfg.region_attn_depth <= cfg.num_layers:
             raise ValueError(f"vision.region_attn_depth {cfg.region_attn_depth} must lie in "
                              f"[0, vision.num_layers={cfg.num_layers}]")
@@ -192,18 +194,19 @@ class VisionEncoder(nn.Module):
             self.pos_embed = self._sincos(self.cls_token.device)
 
     def init_weights(self) -> None:
-        """timm/BEiT init: trunc-normal(0.02) weights, zero biases, layer scale = init value,
-        output projections scaled by 1/sqrt(2 * layer) (BEiT's ``fix_init_weight``)."""
+        """timm/BEiT init: trunc-normal(``init_std``; BEiT's 0.02) weights, zero biases, layer scale =
+        init value, output projections scaled by 1/sqrt(2 * layer) (BEiT's ``fix_init_weight``)."""
+        std = self.init_std
         for m in self.modules():
             if isinstance(m, nn.Linear):
-                trunc_normal_(m.weight, std=0.02)
+                trunc_normal_(m.weight, std=std)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
             elif is_layer_norm(m):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
-        trunc_normal_(self.cls_token, std=0.02)
-        trunc_normal_(self.mask_token, std=0.02)
+        trunc_normal_(self.cls_token, std=std)
+        trunc_normal_(self.mask_token, std=std)
         with torch.no_grad():
             for i, blk in enumerate(self.blocks, start=1):
                 nn.init.zeros_(blk.attn.q_bias)
@@ -214,5 +217,5 @@ class VisionEncoder(nn.Module):
                 blk.attn.proj.weight.div_(math.sqrt(2.0 * i))
                 blk.mlp.fc2.weight.div_(math.sqrt(2.0 * i))
             w = self.patch_embed.proj.weight
-            trunc_normal_(w.view(w.shape[0], -1), std=0.02)
+            trunc_normal_(w.view(w.shape[0], -1), std=std)
             nn.init.zeros_(self.patch_embed.proj.bias)

@@ -44,10 +44,11 @@ class XFM(nn.Module):
         self.config = config
         attn = None if config.kernels.attention == "auto" else config.kernels.attention
         norm = config.norm_impl
-        self.text = TextEncoder(config.text, backend=attn, norm_impl=norm)
-        self.vision = VisionEncoder(config.vision, backend=attn, norm_impl=norm)
+        std = config.init_std
+        self.text = TextEncoder(config.text, backend=attn, norm_impl=norm, init_std=std)
+        self.vision = VisionEncoder(config.vision, backend=attn, norm_impl=norm, init_std=std)
         self.fusion = FusionEncoder(config.fusion, config.text, config.vision.hidden_size, backend=attn,
-                                    norm_impl=norm)
+                                    norm_impl=norm, init_std=std)
         self.heads = Heads(config, tied_word_embeddings=self.text.embeddings.word_embeddings.weight)
         self.set_grad_checkpointing(config.grad_checkpointing)
         if init_weights:
