@@ -4,7 +4,9 @@ region stream beats the same probe on random weights, on a held-out set large en
 The pretraining: configs/pretrain/demo.yaml with the region stream beside the pairs
 (`streams.step_groups=[[regions, pairs]]`: the phrase of one object aligned with the patches
 inside its box, the one objective that names a single shape), lr 5e-4, 300 steps, one ZeRO-3 rank,
-on the session's demo world (`scripts/demo_run.py --pretrain-set ...`), then `xfm-export`. The
+on the session's demo world (`scripts/demo_run.py --pretrain-set ...`), then `xfm-export`, from
+BEiT's / BERT's init (std 0.02, layer scale 0.1), the demo model's before its init was scaled for
+its width (the random start has it too). The
 pair stream alone (the demo's pretraining) teaches the frozen encoder colours, counts and
 positions but not shapes: its probe is where random weights are (BENCHMARKS.md, "Classification
 from a pretraining").
@@ -39,7 +41,7 @@ from pathlib import Path
 
 import pytest
 
-from fixtures_demo import OFFICIAL_OVERRIDES, DemoPretraining, demo_run_cmd
+from fixtures_demo import EARLIER_INIT_SET, OFFICIAL_OVERRIDES, DemoPretraining, demo_run_cmd, earlier_init_demo_model
 from fixtures_finetune import finetune_cmd, finetune_env, official_tiny_th
 from fixtures_pretrain import tail
 
@@ -47,7 +49,10 @@ pytestmark = [pytest.mark.long, pytest.mark.timeout(2400)]
 
 REPO = Path(__file__).resolve().parents[1]
 INITS = ("export", "official", "random")
-PRETRAIN_SET = "streams.step_groups=[[regions, pairs]]"
+# the pretraining this was measured on: the demo's with the region stream beside the pairs, 300
+# steps, from the init the demo model had then (BEiT's / BERT's; the random start too)
+PRETRAIN_ARGS = ["--steps", "300", "--pretrain-set", "streams.step_groups=[[regions, pairs]]",
+                 "--pretrain-set", EARLIER_INIT_SET]
 HELD_OUT_PER_CLASS = 400  # x 5 shapes = 2000 pictures
 # Margin: on n = 2000 pictures at ~30% top-1 one figure's standard error is
 # sqrt(0.3 * 0.7 / 2000) = 1.0 point, the difference of two independent figures' 1.45; 3 points
@@ -61,18 +66,15 @@ MARGIN = 3.0
 def starts(demo_world, tmp_path_factory) -> dict:
     import torch
 
-    from xfm.config import load_config
     from xfm.data_prep.synth import write_class_images
-    from xfm.model import XFM
-    from xfm.model_config import ModelConfig
 
     root = tmp_path_factory.mktemp("probe_starts")
     run = DemoPretraining(data=demo_world, runs=root / "runs")
-    proc = subprocess.run(demo_run_cmd(run, "--tasks", "", "--no-plots", "--pretrain-set", PRETRAIN_SET),
+    proc = subprocess.run(demo_run_cmd(run, "--tasks", "", "--no-plots", *PRETRAIN_ARGS),
                           cwd=REPO, capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, tail(proc)
     torch.manual_seed(1234)
-    XFM(load_config(REPO / "configs" / "model" / "demo.yaml", ModelConfig)).save_pretrained(root / "random")
+    earlier_init_demo_model().save_pretrained(root / "random")
     heldout = write_class_images(root / "extra", "heldout", HELD_OUT_PER_CLASS, seed=0)
     return {"root": root, "data": demo_world, "tokenizer": run.tokenizer, "heldout": heldout,
             "export": run.export, "random": root / "random",
