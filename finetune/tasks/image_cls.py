@@ -11,8 +11,8 @@ transform (RandomResizedCrop, flip, RandAugment ``rand-m9-mstd0.5-inc1``, random
 mixup 0.8 / cutmix 1.0 with label smoothing 0.1 (``timm.data.Mixup``) and soft-target
 cross-entropy; evaluation: resize the short side to ``S / crop_pct``, centre crop S. Layer-wise lr
 decay and the head lr multiplier are ``optim.layer_decay`` / ``optim.head_lr_mult``.
-``vflip`` and ``rot90`` (off in the recipe) add vertical flips and random quarter turns, for
-pictures whose class does not depend on orientation.
+``vflip`` and ``rot90`` (off in the ImageNet recipe, on in the demo's) add vertical flips and random
+quarter turns, for pictures whose class does not depend on orientation.
 
 Mixup randomness: timm's ``Mixup`` draws lambda, mixup-or-cutmix and the box from numpy's global
 RNG. It runs here inside ``loss`` on the device batch, with numpy's global state seeded from
