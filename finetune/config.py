@@ -22,6 +22,8 @@ class FinetuneOptimConfig(OptimConfig):
     ``layer_decay`` < 1: layer-wise lr decay (BEiT/ImageNet recipe): a parameter at depth
     ``i`` of an encoder with ``n`` layers trains at ``lr * layer_decay ** (n + 1 - i)`` (embeddings
     depth 0, head depth n + 1). ``head_lr_mult``: lr multiplier of the task's new head.
+    ``lr_mult`` applies to the parameters whose task-model name starts with one of
+    ``lr_mult_prefixes`` (none by default; pretraining's ``heads.`` would name nothing here).
     ``warmup_ratio`` > 0 overrides ``warmup_steps`` with that share of the total steps."""
 
     lr: float = 1e-5

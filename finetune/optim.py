@@ -1,5 +1,5 @@
-"""Parameter groups for fine-tuning: weight decay, layer-wise lr decay (BEiT recipe) and an lr
-multiplier for the task's new head.
+"""Parameter groups for fine-tuning: weight decay, layer-wise lr decay (BEiT recipe), an lr
+multiplier for the task's new head and one for any parameters named by prefix.
 
 Weight decay: none on biases, normalisation layers, scalars / vectors, the ViT tokens
 (``cls_token``, ``mask_token``, ``pos_embed``) and BEiT's relative position bias tables (timm's
@@ -10,6 +10,11 @@ Layer decay (``optim.layer_decay`` < 1, the BEiT / timm ``param_groups_layer_dec
 id 0 for the embeddings (patch / word / position embeddings, cls and mask tokens), ``j + 1`` for
 block ``j``, ``n + 1`` for everything after the encoders (final norms, projections, the head),
 which therefore keeps the full lr. ``n`` is the depth of the deepest encoder the task kept.
+
+Prefixes (``optim.lr_mult_prefixes`` with ``optim.lr_mult``, the pretraining's two keys): a
+parameter whose task-model name starts with one of them (``xfm.fusion.`` for the fusion encoder,
+``xfm.vision.``, ``head.``) trains at ``lr_mult`` times what the rules above give it. A prefix that
+names no trainable parameter is an error, so a misspelt one cannot silently do nothing.
 
 Frozen parameters (``requires_grad`` False, a linear probe's encoder) get no group at all, so the
 optimizer (and DeepSpeed's ZeRO partitions of it) never holds them.
@@ -53,11 +58,19 @@ def _skips_decay(name: str, shape, norm_param: bool) -> bool:
     return name.endswith("bias") or norm_param or len(shape) <= 1 or leaf in _NO_DECAY_NAMES
 
 
+def _part_prefix(name: str) -> str:
+    """``xfm.fusion.`` for a backbone parameter, ``head.`` for the task's own: what an error lists."""
+    parts = name.split(".")
+    return ".".join(parts[:2 if parts[0] == "xfm" else 1]) + "."
+
+
 def finetune_param_groups(model: nn.Module, optim, head_prefixes=("head.",)) -> list[dict]:
     """AdamW groups keyed by (no decay, lr multiplier); each carries ``lr_mult`` (what ``set_lr``
     scales the schedule by) and ``names``."""
     depth = num_layers(model)
     groups: dict[tuple, dict] = {}
+    prefixes = tuple(optim.lr_mult_prefixes)
+    matched: set[str] = set()
     norm_ids = {id(p) for m in model.modules() if isinstance(m, nn.LayerNorm) or "norm" in type(m).__name__.lower()
                 for p in m.parameters(recurse=False)}
     for name, p in model.named_parameters():
@@ -69,6 +82,9 @@ def finetune_param_groups(model: nn.Module, optim, head_prefixes=("head.",)) -> 
         mult = optim.layer_decay ** (depth + 1 - layer_id(name, depth, head_prefixes))
         if is_head:
             mult *= optim.head_lr_mult
+        if name.startswith(prefixes):
+            mult *= optim.lr_mult
+            matched.update(pre for pre in prefixes if name.startswith(pre))
         key = (no_decay, round(mult, 12))
         if key not in groups:
             # part None: one model part, trained every step (``set_lr`` never marks it inactive);
@@ -79,4 +95,9 @@ def finetune_param_groups(model: nn.Module, optim, head_prefixes=("head.",)) -> 
         groups[key]["names"].append(name)
     if not groups:
         raise ValueError("no trainable parameter: every parameter of the task model has requires_grad False")
+    unmatched = [pre for pre in prefixes if pre not in matched]
+    if unmatched:
+        tops = sorted({_part_prefix(n) for n, p in model.named_parameters() if p.requires_grad})
+        raise ValueError(f"optim.lr_mult_prefixes: {unmatched} name no trainable parameter of this task's model "
+                         f"(its parameters start with {tops})")
     return [groups[k] for k in sorted(groups)]

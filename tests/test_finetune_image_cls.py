@@ -106,6 +106,44 @@ def test_layer_decay_of_the_vision_encoder():
     assert all(v == pytest.approx(lr) for v in flat.values())
 
 
+def test_lr_mult_by_prefix_on_top_of_layer_decay_and_head_mult():
+    """``optim.lr_mult_prefixes`` / ``optim.lr_mult`` (accepted by the fine-tuning config since it
+    extends the pretraining's) multiply what layer decay and the head multiplier give."""
+    task = make_task("image_cls", "unused", classes=["a", "b", "c"])
+    model = task.build_model(XFM(TINY))
+    base = dict(lr=1e-3, layer_decay=0.65, head_lr_mult=10.0, decay="constant")
+    ref, _ = run_lrs(model, FinetuneOptimConfig(**base), task.head_prefixes)
+    optim = FinetuneOptimConfig(**base, lr_mult=4.0, lr_mult_prefixes=["xfm.vision.blocks.1.", "head."])
+    lrs, _ = run_lrs(model, optim, task.head_prefixes)
+    scaled = {n for n in lrs if n.startswith(("xfm.vision.blocks.1.", "head."))}
+    assert scaled and len(scaled) < len(lrs)
+    for n in lrs:
+        assert lrs[n] == pytest.approx(ref[n] * (4.0 if n in scaled else 1.0), rel=1e-12), n
+    assert lrs["head.12.weight"] == pytest.approx(1e-3 * 10 * 4)
+    assert lrs["xfm.vision.blocks.1.mlp.fc1.weight"] == pytest.approx(1e-3 * 0.65 * 4)
+    assert lrs["xfm.vision.blocks.0.mlp.fc1.weight"] == pytest.approx(1e-3 * 0.65 ** 2)
+    # the multiplier alone, without a prefix, touches nothing (the fine-tuning default)
+    plain, _ = run_lrs(model, FinetuneOptimConfig(**base, lr_mult=4.0), task.head_prefixes)
+    assert plain == ref
+
+
+def test_lr_mult_prefix_that_names_nothing_is_rejected():
+    task = make_task("image_cls", "unused", classes=["a", "b", "c"])
+    model = task.build_model(XFM(TINY))
+    # pretraining's default prefix: the task model has no ``heads.`` (its backbone is ``xfm.``)
+    optim = FinetuneOptimConfig(lr_mult=4.0, lr_mult_prefixes=["xfm.vision.", "heads."])
+    with pytest.raises(ValueError, match=r"\['heads\.'\] name no trainable parameter.*'head\.', 'xfm\.vision\.'"):
+        finetune_param_groups(model, optim, task.head_prefixes)
+
+
+def test_lr_mult_prefixes_from_the_command_line_overrides():
+    from xfm.finetune.config import load_finetune_config
+
+    cfg, _ = load_finetune_config("configs/demo/finetune_image_cls.yaml", get_task("image_cls").Config,
+                                  ["optim.lr_mult=4", "optim.lr_mult_prefixes=[xfm.vision.blocks.1., head.]"])
+    assert cfg.optim.lr_mult == 4.0 and cfg.optim.lr_mult_prefixes == ["xfm.vision.blocks.1.", "head."]
+
+
 def test_probe_encoder_frozen_and_out_of_the_optimizer():
     task = make_task("image_probe", "unused", classes=["a", "b", "c"])
     model = task.build_model(XFM(TINY))
