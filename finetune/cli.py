@@ -75,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     except (DataFormatError, CheckpointError, FileNotFoundError) as e:
         print(f"xfm-finetune: {e}", file=sys.stderr)
         code = 1
+    except ConfigError as e:   # what only the built model can tell (e.g. a prefix naming none of its parameters)
+        print(f"xfm-finetune: config error: {e}", file=sys.stderr)
+        code = 2
     from xfm.runtime.process import finish_distributed
 
     return finish_distributed(code)

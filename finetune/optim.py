@@ -25,6 +25,8 @@ import re
 
 from torch import nn
 
+from xfm.config import ConfigError
+
 _LAYER_RE = re.compile(r"(?:encoder\.layer|blocks)\.(\d+)\.")
 # ViT tokens and BEiT relative position tables: no weight decay whatever their rank
 _NO_DECAY_NAMES = ("cls_token", "mask_token", "pos_embed", "relative_position_bias_table")
@@ -98,6 +100,6 @@ def finetune_param_groups(model: nn.Module, optim, head_prefixes=("head.",)) -> 
     unmatched = [pre for pre in prefixes if pre not in matched]
     if unmatched:
         tops = sorted({_part_prefix(n) for n, p in model.named_parameters() if p.requires_grad})
-        raise ValueError(f"optim.lr_mult_prefixes: {unmatched} name no trainable parameter of this task's model "
+        raise ConfigError(f"optim.lr_mult_prefixes: {unmatched} name no trainable parameter of this task's model "
                          f"(its parameters start with {tops})")
     return [groups[k] for k in sorted(groups)]

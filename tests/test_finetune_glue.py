@@ -117,6 +117,16 @@ def test_config_and_task_errors_are_clear(tmp_path, capsys):
     assert "glue" in capsys.readouterr().out.split()
 
 
+def test_lr_mult_prefix_naming_no_parameter_stops_the_run_with_a_config_error(finetune_ckpts, tmp_path):
+    """Only the built task model can tell that a prefix names nothing; the run stops before its
+    first step with the config error, not a traceback."""
+    proc, result = run_finetune(finetune_ckpts, "glue", tmp_path / "run", "train.max_steps=2",
+                                "optim.lr_mult=4", "optim.lr_mult_prefixes=[heads.]")
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "xfm-finetune: config error: optim.lr_mult_prefixes: ['heads.'] name no trainable parameter" in proc.stderr
+    assert "Traceback" not in proc.stderr and result is None
+
+
 # runs xfm-finetune with a ZeRO-3 optimizer that lacks the gradient buffer the stale-gradient fix
 # clears (as a DeepSpeed that renamed it would); the class-level attributes are still there
 _WITHOUT_INTERNAL = """
