@@ -86,18 +86,18 @@ def test_finetuning_tasks_run_side_by_side_sharing_the_cores(tmp_path, monkeypat
         (out / "eval.json").write_text(json.dumps({"split": "test", "metrics": {"acc": 0.5}}))
 
     monkeypatch.setattr(demo_run, "run", fake_run)
-    tasks = "vqa,image_cls,glue,nlvr2"
+    tasks = "vqa,glue,image_cls,nlvr2"
     rc = demo_run.main(["--data", str(tmp_path / "data"), "--runs", str(tmp_path / "runs"), "--tasks", tasks,
                         "--finetune-jobs", "2", "--no-plots"])
     assert rc == 1 and "vqa: FAILED: vqa broke" in capsys.readouterr().out
     assert live[1] == 2                                   # two at a time, never more
-    # The longest task, given last, is taken first: the two workers pick up the first two of the
-    # queue (NLVR2, then VQA, the first in the given order); which of the two threads reaches `run`
-    # first is up to the OS, so only the sets are checked.
-    assert {task for task, _ in started[:2]} == {"nlvr2", "vqa"}
-    assert {task for task, _ in started[2:]} == {"image_cls", "glue"}
+    # The two longest tasks, given last, are taken first: the two workers pick up the first two of
+    # the queue (NLVR2, then classification); which of the two threads reaches `run` first is up
+    # to the OS, so only the sets are checked.
+    assert {task for task, _ in started[:2]} == {"nlvr2", "image_cls"}
+    assert {task for task, _ in started[2:]} == {"vqa", "glue"}
     assert {threads for _, threads in started} == {"2"}    # 4 cores / 2 jobs
-    assert seen["order"] == ["image_cls", "glue", "nlvr2"]  # the given order, the failed task left out
+    assert seen["order"] == ["glue", "image_cls", "nlvr2"]  # the given order, the failed task left out
     timings = json.loads((tmp_path / "data" / "demo" / "timings.json").read_text())
     assert timings["failed_tasks"] == ["vqa"]
 
