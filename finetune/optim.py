@@ -72,7 +72,6 @@ def finetune_param_groups(model: nn.Module, optim, head_prefixes=("head.",)) -> 
     depth = num_layers(model)
     groups: dict[tuple, dict] = {}
     prefixes = tuple(optim.lr_mult_prefixes)
-    matched: set[str] = set()
     norm_ids = {id(p) for m in model.modules() if isinstance(m, nn.LayerNorm) or "norm" in type(m).__name__.lower()
                 for p in m.parameters(recurse=False)}
     for name, p in model.named_parameters():
@@ -86,7 +85,6 @@ def finetune_param_groups(model: nn.Module, optim, head_prefixes=("head.",)) -> 
             mult *= optim.head_lr_mult
         if name.startswith(prefixes):
             mult *= optim.lr_mult
-            matched.update(pre for pre in prefixes if name.startswith(pre))
         key = (no_decay, round(mult, 12))
         if key not in groups:
             # part None: one model part, trained every step (``set_lr`` never marks it inactive);
@@ -97,9 +95,10 @@ def finetune_param_groups(model: nn.Module, optim, head_prefixes=("head.",)) -> 
         groups[key]["names"].append(name)
     if not groups:
         raise ValueError("no trainable parameter: every parameter of the task model has requires_grad False")
-    unmatched = [pre for pre in prefixes if pre not in matched]
+    trained = [n for g in groups.values() for n in g["names"]]
+    unmatched = [pre for pre in prefixes if not any(n.startswith(pre) for n in trained)]
     if unmatched:
-        tops = sorted({_part_prefix(n) for n, p in model.named_parameters() if p.requires_grad})
+        tops = sorted({_part_prefix(n) for n in trained})
         raise ConfigError(f"optim.lr_mult_prefixes: {unmatched} name no trainable parameter of this task's model "
                          f"(its parameters start with {tops})")
     return [groups[k] for k in sorted(groups)]
