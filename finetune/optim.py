@@ -25,7 +25,7 @@ import re
 
 from torch import nn
 
-from xfm.config import ConfigError
+from xfm.runtime.optim import check_lr_mult_prefixes
 
 _LAYER_RE = re.compile(r"(?:encoder\.layer|blocks)\.(\d+)\.")
 # ViT tokens and BEiT relative position tables: no weight decay whatever their rank
@@ -95,10 +95,6 @@ def finetune_param_groups(model: nn.Module, optim, head_prefixes=("head.",)) -> 
         groups[key]["names"].append(name)
     if not groups:
         raise ValueError("no trainable parameter: every parameter of the task model has requires_grad False")
-    trained = [n for g in groups.values() for n in g["names"]]
-    unmatched = [pre for pre in prefixes if not any(n.startswith(pre) for n in trained)]
-    if unmatched:
-        tops = sorted({_part_prefix(n) for n in trained})
-        raise ConfigError(f"optim.lr_mult_prefixes: {unmatched} name no trainable parameter of this task's model "
-                         f"(its parameters start with {tops})")
+    check_lr_mult_prefixes(prefixes, (n for g in groups.values() for n in g["names"]), _part_prefix,
+                           "this task's model")
     return [groups[k] for k in sorted(groups)]

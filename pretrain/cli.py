@@ -76,6 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     except ScheduleMismatch as e:
         print(f"xfm-pretrain: {e}", file=sys.stderr)
         return 2
+    except ConfigError as e:  # found once the model exists, e.g. an lr_mult prefix naming nothing
+        print(f"xfm-pretrain: config error: {e}", file=sys.stderr)
+        return 2
     code = 0 if summary else 1
     from xfm.runtime.process import finish_distributed
 

@@ -97,6 +97,48 @@ def test_official_names_are_the_checkpoint_mapping_inverted():
         official_name("classifier.weight")
 
 
+def test_every_shipped_pretraining_config_names_existing_parameters_and_a_misspelt_prefix_is_an_error(monkeypatch):
+    """Each ``lr_mult_prefixes`` of the shipped configs starts some parameter's name of its model;
+    a prefix that starts none (``heads.itm_head.``: the official name, not ours) is a config error
+    naming it and listing the model's part prefixes, instead of silently training the ITM head at
+    the base lr."""
+    from xfm.config import ConfigError
+
+    monkeypatch.chdir(REPO)  # model.config_path is relative to the repository, as the configs are run
+    for name in ("base_4m", "tiny", "demo"):
+        cfg = load_pretrain_config(REPO / "configs" / "pretrain" / f"{name}.yaml")
+        with torch.device("meta"):
+            model = XFM(cfg.model.build(), init_weights=False)
+        groups = param_groups(model, cfg.optim)
+        boosted = {n for g in groups if g["lr_mult"] != 1.0 for n in g["names"]}
+        for pre in cfg.optim.lr_mult_prefixes:
+            assert any(n.startswith(pre) for n in boosted), (name, pre)
+    bad = OptimConfig(lr_mult=2.0, lr_mult_prefixes=["heads.itm_head.", "heads.bbox."])
+    with pytest.raises(ConfigError) as err:
+        param_groups(base_model(), bad)
+    msg = str(err.value)
+    assert "optim.lr_mult_prefixes: ['heads.itm_head.'] name no trainable parameter" in msg, msg
+    assert "'heads.itm.'" in msg and "'vision.'" in msg and "'fusion.'" in msg, msg
+
+
+def test_pretraining_command_line_reports_a_prefix_naming_nothing_as_a_config_error(pretrain_data, tmp_path):
+    """Through ``xfm-pretrain`` (one process): exit 2 with the config error, no traceback, and no
+    checkpoint written."""
+    import subprocess
+    import sys
+
+    from tests.fixtures_pretrain import pretrain_args, pretrain_env
+
+    args = pretrain_args(pretrain_data, tmp_path / "run", steps=4,
+                         extra=["--set", "optim.lr_mult_prefixes=[head.]"])
+    proc = subprocess.run([sys.executable, "-m", "xfm.pretrain.cli", *args], cwd=REPO,
+                          env=pretrain_env(pretrain_data), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "xfm-pretrain: config error: optim.lr_mult_prefixes: ['head.'] name no trainable parameter" in proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert not list((tmp_path / "run").glob("checkpoints/step*"))
+
+
 def test_trajectory_equals_hand_built_groups():
     torch.manual_seed(0)
     ref_model = XFM(model_config("tiny"))

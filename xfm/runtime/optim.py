@@ -15,6 +15,8 @@ Two rules decide which parameters get weight decay (``optim.groups``):
 ``lr_mult`` applies to parameters whose (our) name starts with one of ``optim.lr_mult_prefixes``;
 the paper gives it to exactly the parameters the original creates after loading the pretrained
 encoders: ``heads.vision_proj``, ``heads.text_proj``, ``heads.temp``, ``heads.itm``, ``heads.bbox``.
+A prefix that starts no trainable parameter's name is a config error (``check_lr_mult_prefixes``,
+shared with fine-tuning), so a misspelt one cannot silently train everything at the base lr.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ import math
 import torch
 from torch import nn
 
+from xfm.config import ConfigError
 from xfm.runtime.config import OptimConfig
 
 # the original code's no-decay substrings (its optim.create_optimizer), matched against the
@@ -83,6 +86,18 @@ def no_decay_names(model: nn.Module, rule: str) -> set[str]:
             and (n.endswith("bias") or id(p) in norms or math.prod(_full_shape(p)) == 1)}
 
 
+def check_lr_mult_prefixes(prefixes, trained_names, top_of, model_kind: str = "this model") -> None:
+    """Raise ``ConfigError`` when a prefix of ``optim.lr_mult_prefixes`` starts none of
+    ``trained_names``; the message lists the model's top-level prefixes (``top_of(name)``) so the
+    user sees what the names look like (pretraining's ``heads.`` is fine-tuning's ``xfm.``...)."""
+    names = list(trained_names)
+    unmatched = [pre for pre in prefixes if not any(n.startswith(pre) for n in names)]
+    if unmatched:
+        tops = sorted({top_of(n) for n in names})
+        raise ConfigError(f"optim.lr_mult_prefixes: {unmatched} name no trainable parameter of {model_kind} "
+                          f"(its parameters start with {tops})")
+
+
 def param_groups(model: nn.Module, optim: OptimConfig) -> list[dict]:
     """AdamW groups: (decay | no decay) x (base lr | lr * lr_mult), per model part.
 
@@ -105,6 +120,8 @@ def param_groups(model: nn.Module, optim: OptimConfig) -> list[dict]:
                            "lr": optim.lr * (optim.lr_mult if mult else 1.0)}
         groups[key]["params"].append(p)
         groups[key]["names"].append(name)
+    check_lr_mult_prefixes(optim.lr_mult_prefixes, (n for g in groups.values() for n in g["names"]),
+                           lambda n: part_of(n) + ".")
     return [groups[k] for k in sorted(groups)]
 
 
