@@ -107,3 +107,22 @@ def test_finetune_jobs_below_one_is_refused_before_any_stage(tmp_path):
         demo_run.main(["--data", str(tmp_path / "data"), "--runs", str(tmp_path / "runs"), "--finetune-jobs", "0"])
     assert "--finetune-jobs must be >= 1" in str(e.value.code)
     assert not (tmp_path / "data" / "world").exists()
+
+
+@pytest.mark.parametrize("task", ["retrieval", "vqa", "nlvr2", "grounding"])
+def test_demo_recipes_keep_what_the_text_says_true(task, monkeypatch):
+    """The world's captions, questions and phrases talk about counts, colours and left/right: a
+    crop can cut an object off ("three shapes"), RandAugment's colour operations can rename a
+    colour, a flip reverses a left-to-right listing. Every demo recipe of a task whose text
+    describes the picture turns the three off, as loaded with the task's own config class (so the
+    task recipe's defaults, which have them on for real data, cannot leak through)."""
+    from xfm.finetune.config import load_finetune_config
+    from xfm.finetune.registry import get_task
+
+    monkeypatch.setenv("XFM_DATA", "data")
+    _, task_cfg = load_finetune_config(str(REPO / "configs" / "demo" / f"finetune_{task}.yaml"),
+                                       get_task(task).Config)
+    aug = task_cfg.augment
+    aug = aug if isinstance(aug, dict) else vars(aug)
+    assert aug.get("randaugment") is False and aug.get("hflip") is False, (task, aug)
+    assert aug.get("crop") is False or list(aug.get("crop_scale", [])) == [1.0, 1.0], (task, aug)
