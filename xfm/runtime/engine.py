@@ -406,6 +406,33 @@ def broadcast_scalar_params():
         DeepSpeedEngine._broadcast_model = original
 
 
+def install_scalar_safe_clipping() -> None:
+    """DeepSpeed 0.19.8 clips gradients without ZeRO (stage 0) by ``p.grad.data.mul_(clip_coef)``
+    with a 1-element ``clip_coef``, which raises for the gradient of a 0-dim parameter (the
+    temperature of retrieval / grounding: "output with shape [] doesn't match the broadcast shape
+    [1]"). The engine's clipping is wrapped once so that, during it only, such gradients are
+    1-element views of the same storage (the norm and the scaling are unchanged). ZeRO 1-3 clip
+    flat partitions and never reach this code."""
+    from deepspeed.runtime.engine import DeepSpeedEngine
+
+    original = DeepSpeedEngine.clip_fp32_gradients
+    if getattr(original, "_xfm_scalar_safe", False):
+        return
+
+    def clip_fp32_gradients(self):
+        scalars = [p for p in self.module.parameters() if p.grad is not None and p.grad.dim() == 0]
+        for p in scalars:
+            p.grad.data = p.grad.data.reshape(1)
+        try:
+            return original(self)
+        finally:
+            for p in scalars:
+                p.grad.data = p.grad.data.reshape(())
+
+    clip_fp32_gradients._xfm_scalar_safe = True
+    DeepSpeedEngine.clip_fp32_gradients = clip_fp32_gradients
+
+
 def initialize(module: nn.Module, model: nn.Module, optim: OptimConfig, ds_config: dict,
                groups: list[dict] | None = None):
     """``deepspeed.initialize`` with the client AdamW built from ``model``'s parameter groups
@@ -417,6 +444,7 @@ def initialize(module: nn.Module, model: nn.Module, optim: OptimConfig, ds_confi
 
     require_deepspeed_internals(ds_config.get("zero_optimization", {}).get("stage", 0))
     optimizer = build_optimizer(model, optim, device=_accelerator_device(), groups=groups)
+    install_scalar_safe_clipping()
     with broadcast_scalar_params():  # ZeRO 0-2 broadcast the parameters at start
         engine, optimizer, _, _ = deepspeed.initialize(model=module, optimizer=optimizer, config=ds_config)
     require_engine_internals(engine, model)
