@@ -55,11 +55,18 @@ def _read_image(path, apply_exif: bool) -> Image.Image:
         raise ImageReadError(f"{path}: cannot read image ({type(e).__name__}: {e})") from None
 
 
+# float32 constants shaped for an H x W x 3 array: the normalisation runs in numpy on the (small)
+# picture and hands torch one finished tensor, ~2x faster at 32 px than a chain of torch ops on a
+# 3 x 32 x 32 tensor (each torch call costs more than the arithmetic); the values are bit-identical
+_MEAN_HWC = np.asarray(IMAGE_MEAN, dtype=np.float32)
+_STD_HWC = np.asarray(IMAGE_STD, dtype=np.float32)
+
+
 def normalise(img: Image.Image) -> torch.Tensor:
-    x = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255.0)
-    mean = torch.tensor(IMAGE_MEAN).view(3, 1, 1)
-    std = torch.tensor(IMAGE_STD).view(3, 1, 1)
-    return x.sub_(mean).div_(std)
+    """RGB picture -> 3 x H x W float32 tensor, (x / 255 - mean) / std."""
+    x = np.asarray(img, dtype=np.float32) / np.float32(255.0)
+    x = (x - _MEAN_HWC) / _STD_HWC
+    return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
 
 
 def eval_transform(img: Image.Image, size: int) -> torch.Tensor:
@@ -93,8 +100,14 @@ class TrainTransform:
         from torchvision.transforms import InterpolationMode, RandomResizedCrop
         from torchvision.transforms import functional as TF
 
-        i, j, h, w = RandomResizedCrop.get_params(img, scale=tuple(self.aug.crop_scale), ratio=(3 / 4, 4 / 3))
-        img = TF.resized_crop(img, i, j, h, w, [self.size, self.size], InterpolationMode.BICUBIC)
+        if tuple(self.aug.crop_scale) == (1.0, 1.0) and img.width == img.height:
+            # what RandomResizedCrop returns for a square picture at scale 1 (any accepted draw and
+            # its fallback are the whole picture), without its ten draws: half of this transform's
+            # time on a small picture
+            img = img.resize((self.size, self.size), Image.BICUBIC)
+        else:
+            i, j, h, w = RandomResizedCrop.get_params(img, scale=tuple(self.aug.crop_scale), ratio=(3 / 4, 4 / 3))
+            img = TF.resized_crop(img, i, j, h, w, [self.size, self.size], InterpolationMode.BICUBIC)
         flipped = bool(self.aug.hflip and random.random() < 0.5)
         if flipped:
             img = TF.hflip(img)
