@@ -89,6 +89,7 @@ class TrainTransform:
         from timm.data.auto_augment import rand_augment_transform
 
         self.size, self.aug = size, aug
+        self.whole_picture = tuple(aug.crop_scale) == (1.0, 1.0)
         self.randaug = None
         if aug.randaugment:
             fill = tuple(int(round(255 * m)) for m in IMAGE_MEAN)
@@ -100,7 +101,7 @@ class TrainTransform:
         from torchvision.transforms import InterpolationMode, RandomResizedCrop
         from torchvision.transforms import functional as TF
 
-        if tuple(self.aug.crop_scale) == (1.0, 1.0) and img.width == img.height:
+        if self.whole_picture and img.width == img.height:
             # what RandomResizedCrop returns for a square picture at scale 1 (any accepted draw and
             # its fallback are the whole picture), without its ten draws: half of this transform's
             # time on a small picture

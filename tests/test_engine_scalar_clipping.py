@@ -1,7 +1,7 @@
 """Gradient clipping without ZeRO (stage 0) on a model with a 0-dim parameter (the temperature).
 
 DeepSpeed 0.19.8's stage-0 clipping scales every gradient in place by a 1-element tensor, which
-raises for a 0-dim gradient; ``xfm.runtime.engine.initialize`` wraps it. Checked in one process
+raises for a 0-dim gradient; ``xfm.runtime.engine.initialize`` wraps the engine's clipping. Checked in one process
 per run (DeepSpeed's process group): stage 0 and stage 2 with clipping that triggers every step
 both follow a plain-torch reference (clip_grad_norm_ + AdamW) step for step; the control runs
 stage 0 through ``deepspeed.initialize`` without the clipping wrapper and gets DeepSpeed's error.

@@ -380,6 +380,19 @@ def _accelerator_device() -> str:
 
 
 @contextlib.contextmanager
+def _as_one_element(tensors):
+    """Within the block, each 0-dim tensor of ``tensors`` is a 1-element view of the same
+    storage (``.data`` swapped, so autograd and the optimizer keep the same objects)."""
+    for t in tensors:
+        t.data = t.data.reshape(1)
+    try:
+        yield
+    finally:
+        for t in tensors:
+            t.data = t.data.reshape(())
+
+
+@contextlib.contextmanager
 def broadcast_scalar_params():
     """DeepSpeed 0.19.8 broadcasts every parameter at engine start (ZeRO 0-2) as
     ``p.data.view(uint8)``, which raises for a 0-dim parameter (the temperature): during that
@@ -390,14 +403,8 @@ def broadcast_scalar_params():
     original = DeepSpeedEngine._broadcast_model
 
     def patched(self):
-        scalars = [p for p in self.module.parameters() if p.dim() == 0]
-        for p in scalars:
-            p.data = p.data.reshape(1)
-        try:
+        with _as_one_element([p for p in self.module.parameters() if p.dim() == 0]):
             return original(self)
-        finally:
-            for p in scalars:
-                p.data = p.data.reshape(())
 
     DeepSpeedEngine._broadcast_model = patched
     try:
@@ -406,31 +413,23 @@ def broadcast_scalar_params():
         DeepSpeedEngine._broadcast_model = original
 
 
-def install_scalar_safe_clipping() -> None:
-    """DeepSpeed 0.19.8 clips gradients without ZeRO (stage 0) by ``p.grad.data.mul_(clip_coef)``
-    with a 1-element ``clip_coef``, which raises for the gradient of a 0-dim parameter (the
-    temperature of retrieval / grounding: "output with shape [] doesn't match the broadcast shape
-    [1]"). The engine's clipping is wrapped once so that, during it only, such gradients are
-    1-element views of the same storage (the norm and the scaling are unchanged). ZeRO 1-3 clip
-    flat partitions and never reach this code."""
-    from deepspeed.runtime.engine import DeepSpeedEngine
-
-    original = DeepSpeedEngine.clip_fp32_gradients
-    if getattr(original, "_xfm_scalar_safe", False):
+def scalar_safe_clipping(engine) -> None:
+    """DeepSpeed 0.19.8 clips gradients without ZeRO (stage 0, fp32) by
+    ``p.grad.data.mul_(clip_coef)`` with a 1-element ``clip_coef``, which raises for the gradient
+    of a 0-dim parameter (the temperature of retrieval / grounding: "output with shape [] doesn't
+    match the broadcast shape [1]"). This engine's clipping sees such gradients as 1-element views
+    during it only (the norm and the scaling are unchanged). ZeRO 1-3 clip flat partitions and
+    never call it; a model without 0-dim parameters keeps DeepSpeed's method untouched."""
+    scalars = [p for p in engine.module.parameters() if p.dim() == 0]
+    if not scalars:
         return
+    original = engine.clip_fp32_gradients
 
-    def clip_fp32_gradients(self):
-        scalars = [p for p in self.module.parameters() if p.grad is not None and p.grad.dim() == 0]
-        for p in scalars:
-            p.grad.data = p.grad.data.reshape(1)
-        try:
-            return original(self)
-        finally:
-            for p in scalars:
-                p.grad.data = p.grad.data.reshape(())
+    def clip_fp32_gradients():
+        with _as_one_element([p.grad for p in scalars if p.grad is not None]):
+            return original()
 
-    clip_fp32_gradients._xfm_scalar_safe = True
-    DeepSpeedEngine.clip_fp32_gradients = clip_fp32_gradients
+    engine.clip_fp32_gradients = clip_fp32_gradients
 
 
 def initialize(module: nn.Module, model: nn.Module, optim: OptimConfig, ds_config: dict,
@@ -444,9 +443,9 @@ def initialize(module: nn.Module, model: nn.Module, optim: OptimConfig, ds_confi
 
     require_deepspeed_internals(ds_config.get("zero_optimization", {}).get("stage", 0))
     optimizer = build_optimizer(model, optim, device=_accelerator_device(), groups=groups)
-    install_scalar_safe_clipping()
     with broadcast_scalar_params():  # ZeRO 0-2 broadcast the parameters at start
         engine, optimizer, _, _ = deepspeed.initialize(model=module, optimizer=optimizer, config=ds_config)
+    scalar_safe_clipping(engine)
     require_engine_internals(engine, model)
     return engine, optimizer
 
