@@ -161,10 +161,11 @@ def dist_worker(name: str, steps: int, compiled_rng: str) -> None:
     from xfm.model import XFM
     from xfm.objectives import LossContext
     from xfm.runtime.config import EngineConfig, OptimConfig
+    from xfm.runtime.dist import init_distributed
     from xfm.runtime.engine import build_model, deepspeed_config, initialize
 
     inductor_config.fallback_random = compiled_rng == "eager"
-    deepspeed.init_distributed(dist_backend="gloo", auto_mpi_discovery=False)
+    init_distributed("gloo", 600)
     rank, world = dist.get_rank(), dist.get_world_size()
     cfg, batch_size = configs()[name]
     ds = deepspeed_config(EngineConfig(zero_stage=3, precision="fp32"), world)

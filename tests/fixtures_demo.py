@@ -79,8 +79,6 @@ def demo_pretraining(demo_world, tmp_path_factory) -> DemoPretraining:
     root = tmp_path_factory.mktemp("demo_pretraining")
     # the demo run reuses the finished world (its first stage only checks it)
     demo = DemoPretraining(data=demo_world, runs=root / "runs")
-    # the environment as the test session has it (fixtures_pretrain points TORCH_EXTENSIONS_DIR
-    # at the venv, where DeepSpeed's CPU op is already built)
     proc = subprocess.run(demo_run_cmd(demo, "--tasks", "", "--no-plots"), cwd=REPO, capture_output=True,
                           text=True, timeout=1800)
     assert proc.returncode == 0, tail(proc)

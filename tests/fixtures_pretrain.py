@@ -5,8 +5,6 @@
 - `tiny_run`: ONE uninterrupted 2-rank ZeRO-3 run of the tiny config (fp32, deterministic,
   checkpoints every 6 steps, a log line per step), shared by the run / resume / export tests,
   because each 2-process DeepSpeed start costs ~10 s of the 2 cores.
-- `ds_comm_op`: DeepSpeed's CPU communication op built once (in a per-environment
-  TORCH_EXTENSIONS_DIR) before the 2-rank tests start.
 - `launch_pretrain(...)`: `torchrun --nproc_per_node N -m xfm.pretrain.cli ...` (or the
   `deepspeed` launcher) with the test environment; `pretrain_args(...)`: the common arguments.
 """
@@ -25,14 +23,6 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "pretrain" / "tiny.yaml"
 STEPS = 24  # a few dozen steps
 CKPT_EVERY = 8
-
-# DeepSpeed JIT-builds its CPU communication op into TORCH_EXTENSIONS_DIR (default
-# ~/.cache/torch_extensions, shared by every virtual environment of the user). Two environments
-# with different paths rebuild it in turn (20-40 s each, under a lock the ranks wait on: measured
-# here, a 10 s test took 100-220 s and a rank's start-up outlived the collective timeout). The
-# tests keep one build per environment, next to the packages it was built against.
-if "TORCH_EXTENSIONS_DIR" not in os.environ and os.access(sys.prefix, os.W_OK):
-    os.environ["TORCH_EXTENSIONS_DIR"] = os.path.join(sys.prefix, "torch_extensions")
 
 
 @dataclass(frozen=True)
@@ -168,21 +158,7 @@ def tail(proc_or_text, n: int = 4000) -> str:
 
 
 @pytest.fixture(scope="session")
-def ds_comm_op() -> None:
-    """Build DeepSpeed's CPU communication op once, in one process, before any 2-rank test
-    starts (otherwise both ranks of the first test wait on the build inside their start-up)."""
-    env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1")
-    code = ("from deepspeed.accelerator import get_accelerator\n"
-            "b = get_accelerator().create_op_builder('ShareMemCommBuilder')\n"
-            "import deepspeed.ops\n"
-            "if b is not None and deepspeed.ops.__compatible_ops__.get(b.NAME, False): b.load(verbose=False)\n")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=600)
-    assert proc.returncode == 0, tail(proc)
-
-
-@pytest.fixture(scope="session")
-def pretrain_data(prepared_world, tmp_path_factory, ds_comm_op) -> PretrainData:
+def pretrain_data(prepared_world, tmp_path_factory) -> PretrainData:
     extra = tmp_path_factory.mktemp("pretrain_extra")
     corrupt = extra / "pairs-corrupt.tar"
     # not a tar archive at all: the loader must skip it and count it, never stop the run

@@ -134,7 +134,8 @@ ZERO_SCRIPT = textwrap.dedent("""
     from xfm.runtime.engine import build_model, deepspeed_config, initialize
 
     stage = int(sys.argv[1])
-    deepspeed.init_distributed(dist_backend="gloo", auto_mpi_discovery=False)
+    from xfm.runtime.dist import init_distributed
+    init_distributed("gloo", 60)
     ds = deepspeed_config(EngineConfig(zero_stage=stage, precision="fp32"), 1)
     cfg = model_config("tiny")
     out = {}

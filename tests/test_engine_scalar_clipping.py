@@ -36,7 +36,8 @@ SCRIPT = textwrap.dedent("""
             return (self.lin(x) / self.temp).pow(2).mean()
 
     stage, patched = int(sys.argv[1]), sys.argv[2] == "patched"
-    deepspeed.init_distributed(dist_backend="gloo", auto_mpi_discovery=False)
+    from xfm.runtime.dist import init_distributed
+    init_distributed("gloo", 60)
     optim = OptimConfig(lr=1e-2, warmup_steps=0, groups="clean", lr_mult_prefixes=[])
     ds = deepspeed_config(EngineConfig(zero_stage=stage, precision="fp32", gradient_clipping=0.05), 1)
     torch.manual_seed(0)

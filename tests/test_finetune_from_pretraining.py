@@ -67,7 +67,7 @@ TASKS = {
 
 
 @pytest.fixture(scope="module")
-def ci_checkpoints(tmp_path_factory, ds_comm_op) -> dict:
+def ci_checkpoints(tmp_path_factory) -> dict:
     import torch
     from data_prep.synth.build import prepare_world
     from xfm.model import XFM

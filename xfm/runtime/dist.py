@@ -5,6 +5,9 @@ and a plain ``python`` (one process).
 variables (docs/DESIGN.md, pitfalls), so under ``srun`` we map them ourselves: rank =
 ``SLURM_PROCID``, local rank = ``SLURM_LOCALID``, world = ``SLURM_NTASKS``, master = the first
 host of ``scontrol show hostnames $SLURM_JOB_NODELIST``.
+
+On the CPU accelerator DeepSpeed would JIT-compile a shared-memory all-reduce op when the
+process group starts (``skip_cpu_inference_comm_op``); we start without it.
 """
 from __future__ import annotations
 
@@ -75,6 +78,26 @@ def env_from_launcher(environ=os.environ) -> DistInfo:
     return DistInfo(int(environ["RANK"]), int(environ["LOCAL_RANK"]), int(environ["WORLD_SIZE"]), launcher)
 
 
+def skip_cpu_inference_comm_op() -> bool:
+    """Keep DeepSpeed's CPU accelerator from compiling its shared-memory all-reduce op at
+    process-group start (DeepSpeed 0.19: ``deepspeed.comm.torch.build_shm_op``). The build takes
+    ~40 s of a C++ compiler on 2 cores the first time in each ``TORCH_EXTENSIONS_DIR``, every rank
+    waits on its lock, and virtual environments sharing one cache rebuild it in turn. Only
+    DeepSpeed's tensor-parallel inference layers use the op (``inference_all_reduce``, which falls
+    back to ``torch.distributed.all_reduce`` without it); training's collectives are
+    torch.distributed's with or without it. Returns whether the hook was found: a DeepSpeed that
+    lacks it keeps its own behaviour (a slower first start, nothing else)."""
+    import importlib
+
+    # by module name: the attribute `deepspeed.comm.torch` is the torch package itself (deepspeed.comm
+    # re-exports its names), so `import deepspeed.comm.torch as m` would bind torch
+    ds_torch_comm = importlib.import_module("deepspeed.comm.torch")
+    if not hasattr(ds_torch_comm, "build_shm_op"):
+        return False
+    ds_torch_comm.build_shm_op = lambda: None
+    return True
+
+
 def init_distributed(backend: str | None, timeout_s: int) -> DistInfo:
     """Start the process group (idempotent). A collective that waits longer than ``timeout_s``
     raises instead of hanging, which is how a rank-divergent step shows up."""
@@ -88,6 +111,8 @@ def init_distributed(backend: str | None, timeout_s: int) -> DistInfo:
         backend = "nccl" if acc.device_name() == "cuda" else "gloo"
     if acc.device_name() != "cpu":
         acc.set_device(info.local_rank)
+    else:
+        skip_cpu_inference_comm_op()
     if not dist.is_initialized():
         deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False,
                                    timeout=datetime.timedelta(seconds=timeout_s),
