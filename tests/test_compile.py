@@ -125,7 +125,6 @@ def test_inductor_compiled_step_equals_eager():
 ZERO_SCRIPT = textwrap.dedent("""
     import json, sys, torch
     sys.path.insert(0, "tests")
-    import deepspeed
     from fixtures_model import make_stream_batch
     from xfm.model import XFM
     from xfm.model_config import model_config

@@ -128,7 +128,7 @@ def test_rank_and_master_come_from_slurm_variables(monkeypatch):
 
 
 ZERO3_SCRIPT = r'''
-import datetime, json, os, sys, torch, deepspeed
+import json, os, sys, torch, deepspeed
 from torch import nn
 from deepspeed.utils import safe_get_full_fp32_param
 from xfm.runtime.engine import build_model, clamp_parameter_, clear_grad_partitions, partition_report
