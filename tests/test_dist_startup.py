@@ -8,13 +8,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-from fixtures_pretrain import free_port
-
-REPO = Path(__file__).resolve().parents[1]
+from fixtures_pretrain import REPO, free_port
 
 SCRIPT = r'''
 import importlib, os, sys

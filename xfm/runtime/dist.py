@@ -78,24 +78,22 @@ def env_from_launcher(environ=os.environ) -> DistInfo:
     return DistInfo(int(environ["RANK"]), int(environ["LOCAL_RANK"]), int(environ["WORLD_SIZE"]), launcher)
 
 
-def skip_cpu_inference_comm_op() -> bool:
+def skip_cpu_inference_comm_op() -> None:
     """Keep DeepSpeed's CPU accelerator from compiling its shared-memory all-reduce op at
     process-group start (DeepSpeed 0.19: ``deepspeed.comm.torch.build_shm_op``). The build takes
     ~40 s of a C++ compiler on 2 cores the first time in each ``TORCH_EXTENSIONS_DIR``, every rank
     waits on its lock, and virtual environments sharing one cache rebuild it in turn. Only
     DeepSpeed's tensor-parallel inference layers use the op (``inference_all_reduce``, which falls
     back to ``torch.distributed.all_reduce`` without it); training's collectives are
-    torch.distributed's with or without it. Returns whether the hook was found: a DeepSpeed that
-    lacks it keeps its own behaviour (a slower first start, nothing else)."""
+    torch.distributed's with or without it. A DeepSpeed without that function keeps its own
+    behaviour (a slower first start, nothing else)."""
     import importlib
 
     # by module name: the attribute `deepspeed.comm.torch` is the torch package itself (deepspeed.comm
     # re-exports its names), so `import deepspeed.comm.torch as m` would bind torch
     ds_torch_comm = importlib.import_module("deepspeed.comm.torch")
-    if not hasattr(ds_torch_comm, "build_shm_op"):
-        return False
-    ds_torch_comm.build_shm_op = lambda: None
-    return True
+    if hasattr(ds_torch_comm, "build_shm_op"):
+        ds_torch_comm.build_shm_op = lambda: None
 
 
 def init_distributed(backend: str | None, timeout_s: int) -> DistInfo:
